@@ -1,0 +1,45 @@
+"""Shared test fixtures: tiny tokenizers in the released checkpoint layouts, hostile pickles."""
+
+import os
+from pathlib import Path
+
+import torch
+
+from models.vavae import AutoencoderKL
+
+REFERENCE_DIR = Path(__file__).parent / "reference"  # copies of ../shared/reference (key names and shapes)
+TINY_VAVAE = dict(embed_dim=32, ch_mult=(1, 1, 1, 1, 1), ch=32, num_res_blocks=1, attn_resolutions=(16,))
+
+
+class Payload:
+    """Unpickling this would create `marker` through os.system: proof of code execution if the file appears."""
+
+    def __init__(self, marker):
+        self.marker = marker
+
+    def __reduce__(self):
+        return (os.system, (f"touch {self.marker}",))
+
+
+def make_tiny_vavae_checkpoint(path, layout="release", model=None, extra=None, seed=0):
+    """Save a small f16d32 AutoencoderKL as the release does ({'state_dict': ... + training-only keys}),
+    as a bare state dict, or as safetensors. Returns (path, model)."""
+    if model is None:
+        torch.manual_seed(seed)
+        model = AutoencoderKL(**TINY_VAVAE).eval()
+    sd = {k: v.clone() for k, v in model.state_dict().items()}
+    path = Path(path)
+    if layout == "safetensors":
+        from safetensors.torch import save_file
+        path = path.with_suffix(".safetensors")
+        save_file(sd, str(path))
+    elif layout == "bare":
+        path = path.with_suffix(".pt")
+        torch.save(sd, path)
+    else:
+        path = path.with_suffix(".pt")
+        sd.update({"loss.logvar": torch.zeros(()), "loss.discriminator.main.0.weight": torch.zeros(4, 3, 4, 4),
+                   "foundation_model.model.cls_token": torch.zeros(1, 1, 8),
+                   "linear_proj.weight": torch.zeros(16, 32, 1, 1)})
+        torch.save({"state_dict": sd, "global_step": 1234, "optimizer_states": [{"state": {}}], **(extra or {})}, path)
+    return path, model
