@@ -1,0 +1,1 @@
+"""Support package of the three stages: images, latents, stats, checkpoints, config, simulation, evaluation."""

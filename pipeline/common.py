@@ -1,0 +1,182 @@
+"""
+Shared plumbing of the three stages: one-line errors with exit code 2, device and precision
+choice, atomic file writes, torch.distributed set-up, and the run-directory lock.
+"""
+
+import contextlib
+import json
+import os
+import sys
+import tempfile
+
+import torch
+
+from models.safe_load import CheckpointError
+
+
+class UsageError(Exception):
+    """Bad input the user can fix; printed as one line, exit code 2."""
+
+
+def run_cli(main):
+    """Run `main()`; turn UsageError/CheckpointError (and disk errors) into `error: ...` and exit code 2."""
+    try:
+        return main()
+    except (UsageError, CheckpointError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        sys.exit(2)
+    except OSError as e:
+        if e.errno in (28, 13, 30):  # ENOSPC, EACCES, EROFS: say so plainly; earlier outputs are intact (atomic writes)
+            print(f"error: cannot write {e.filename or ''}: {e.strerror}; free space or choose another output dir "
+                  f"(files written before are intact)", file=sys.stderr)
+            sys.exit(2)
+        raise
+
+
+# --------------------------------------------------------------------------------
+#                              Device and precision
+# --------------------------------------------------------------------------------
+
+def pick_device(name="auto", local_rank=0):
+    """'auto' -> cuda:<local_rank> when available, else cpu."""
+    if name in (None, "auto"):
+        return torch.device(f"cuda:{local_rank}" if torch.cuda.is_available() else "cpu")
+    if name.startswith("cuda") and not torch.cuda.is_available():
+        raise UsageError(f"--device {name}: no CUDA GPU is visible; use --device cpu")
+    return torch.device(f"cuda:{local_rank}" if name == "cuda" else name)
+
+
+def pick_precision(name, device):
+    """Autocast dtype for `--precision auto|fp32|fp16|bf16` on `device`: returns (dtype or None, use_grad_scaler).
+
+    auto: bf16 on GPUs of compute capability >= 8.0 (native bf16), fp16 with a grad scaler below
+    (a T4 reports bf16 as supported but only emulates it), fp32 on the CPU."""
+    if name == "auto":
+        if device.type != "cuda":
+            return None, False
+        major, _ = torch.cuda.get_device_capability(device)
+        name = "bf16" if major >= 8 else "fp16"
+    if name == "fp32":
+        return None, False
+    if name == "bf16":
+        return torch.bfloat16, False
+    if name == "fp16":
+        return torch.float16, device.type == "cuda"
+    raise UsageError(f"--precision {name}: use auto, fp32, fp16 or bf16")
+
+
+def autocast(device, dtype):
+    """torch.autocast for `dtype`, or a no-op for fp32."""
+    if dtype is None:
+        return contextlib.nullcontext()
+    return torch.autocast(device_type=device.type, dtype=dtype)
+
+
+# --------------------------------------------------------------------------------
+#                                 Atomic writes
+# --------------------------------------------------------------------------------
+
+@contextlib.contextmanager
+def atomic_path(path):
+    """Yield a temp path in the same directory; on success it is fsynced and renamed to `path`."""
+    path = os.fspath(path)
+    directory = os.path.dirname(os.path.abspath(path))
+    os.makedirs(directory, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=".tmp_", suffix=os.path.splitext(path)[1], dir=directory)
+    os.close(fd)
+    try:
+        yield tmp
+        with open(tmp, "rb") as f:
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+
+
+def write_text_atomic(path, text):
+    with atomic_path(path) as tmp:
+        with open(tmp, "w") as f:
+            f.write(text)
+
+
+def write_json_atomic(path, obj):
+    write_text_atomic(path, json.dumps(obj, indent=1, default=str) + "\n")
+
+
+# --------------------------------------------------------------------------------
+#                                 Distributed
+# --------------------------------------------------------------------------------
+
+def init_distributed():
+    """Initialise torch.distributed when launched by torchrun. Returns (rank, world_size, local_rank)."""
+    if "RANK" not in os.environ or int(os.environ.get("WORLD_SIZE", "1")) == 1:
+        return 0, 1, 0
+    import torch.distributed as dist
+    local_rank = int(os.environ.get("LOCAL_RANK", 0))
+    backend = "nccl" if torch.cuda.is_available() else "gloo"
+    if backend == "nccl":
+        torch.cuda.set_device(local_rank)
+    dist.init_process_group(backend)
+    return dist.get_rank(), dist.get_world_size(), local_rank
+
+
+def barrier(world_size):
+    if world_size > 1:
+        import torch.distributed as dist
+        dist.barrier()
+
+
+def cleanup_distributed(world_size):
+    if world_size > 1:
+        import torch.distributed as dist
+        dist.destroy_process_group()
+
+
+# --------------------------------------------------------------------------------
+#                                   Run lock
+# --------------------------------------------------------------------------------
+
+@contextlib.contextmanager
+def run_lock(directory):
+    """A `.lock` file holding our pid: a second process on the same directory refuses while we live;
+    a lock whose pid is gone (killed run) is stale and taken over."""
+    os.makedirs(directory, exist_ok=True)
+    lock = os.path.join(directory, ".lock")
+    for _ in range(2):
+        try:
+            fd = os.open(lock, os.O_CREAT | os.O_EXCL | os.O_WRONLY)
+            break
+        except FileExistsError:
+            try:
+                pid = int(open(lock).read().strip() or 0)
+            except (OSError, ValueError):
+                pid = 0
+            if pid and _pid_alive(pid):
+                raise UsageError(f"{directory} is in use by process {pid} (lock file {lock}); wait for it to end, "
+                                 f"or delete the lock if that process is not ours")
+            os.unlink(lock)  # stale
+    else:
+        raise UsageError(f"cannot take the lock {lock}")
+    with os.fdopen(fd, "w") as f:
+        f.write(str(os.getpid()))
+    try:
+        yield
+    finally:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(lock)
+
+
+def _pid_alive(pid):
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    # A zombie (killed child not yet reaped) is not alive.
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            return f.read().split(")")[-1].split()[0] != "Z"
+    except OSError:
+        return True

@@ -1,0 +1,281 @@
+"""
+Stage 1 logic: image folders -> latent shards, channel statistics, stats recommendation,
+dataset manifest and a reconstruction report. `stage1_extract_features.py` is its command line.
+
+Work is cut into shards of consecutive image indices; a shard is written atomically once complete,
+so an interrupted run resumes at the first missing shard. Under torchrun, rank r encodes the shards
+k with k % world_size == r, and rank 0 writes stats and metadata once all shards exist.
+"""
+
+import hashlib
+import json
+import os
+import time
+from collections import Counter
+
+import torch
+from torch.utils.data import DataLoader, Dataset
+from tqdm import tqdm
+
+from models.safe_load import atomic_torch_save
+from models.vavae import load_vavae
+from pipeline.common import (UsageError, autocast, barrier, cleanup_distributed, init_distributed, pick_device,
+                             pick_precision, write_json_atomic, write_text_atomic)
+from pipeline.images import find_classes, load_for_tokenizer, make_grid, split_indices
+from pipeline.latents import list_shards, load_latents, read_shard_info, shard_path, write_shard
+from pipeline.stats import channel_stats, format_recommendation, load_stats, psnr, recommend, ssim
+
+SCHEMA_VERSION = 1
+OUTPUT_FILES = ("latents_stats.pt", "latents_stats_imagenet.pt", "stats_recommendation.txt", "stats_report.json",
+                "dataset.json", "reconstruction.png", "extraction.json")
+
+
+class ImageFiles(Dataset):
+    """Decodes files in DataLoader workers. Item: dict(index, x (3, H, W) or None, gray, size, error)."""
+
+    def __init__(self, files, indices, size, resize, color):
+        self.files, self.indices, self.size, self.resize, self.color = files, indices, size, resize, color
+
+    def __len__(self):
+        return len(self.indices)
+
+    def __getitem__(self, i):
+        index = self.indices[i]
+        try:
+            x, gray, orig = load_for_tokenizer(self.files[index], self.size, self.resize, self.color)
+            return dict(index=index, x=x, gray=gray, size=orig, error=None)
+        except Exception as e:  # noqa: BLE001 - any decoder failure means "skip this file, say why"
+            return dict(index=index, x=None, gray=None, size=None, error=f"{type(e).__name__}: {str(e)[:160]}")
+
+
+def _collate(items):
+    return items
+
+
+def parse_image_size(text):
+    """'256' or '128x256' (HxW) -> (H, W); each a positive multiple of 16."""
+    try:
+        parts = [int(p) for p in str(text).lower().split("x")]
+    except ValueError:
+        raise UsageError(f"--image_size {text}: expected N or HxW, e.g. 256 or 128x256") from None
+    if len(parts) == 1:
+        parts *= 2
+    if len(parts) != 2 or any(p <= 0 or p % 16 for p in parts):
+        raise UsageError(f"--image_size {text}: height and width must be positive multiples of 16")
+    return tuple(parts)
+
+
+def _settings(args, files, size, tokenizer_info):
+    file_hash = hashlib.sha1("\n".join(files).encode()).hexdigest()
+    return dict(data_dir=os.path.abspath(args.data_dir), files_sha1=file_hash, num_files=len(files),
+                image_size=list(size), resize=args.resize, color=args.color, flip=args.flip,
+                val_fraction=args.val_fraction, seed=args.seed, sample_posterior=args.sample_posterior,
+                tokenizer=tokenizer_info["name"], tokenizer_bytes=tokenizer_info["bytes"], shard_size=args.shard_size)
+
+
+def _prepare_output_dir(out, settings, overwrite, rank):
+    """Resume (same settings), refuse (different settings, no --overwrite) or clear (--overwrite)."""
+    record = os.path.join(out, "extraction.json")
+    existing = json.load(open(record))["settings"] if os.path.isfile(record) else None
+    shards = list_shards(out) if os.path.isdir(out) else {}
+    if existing == settings and not overwrite:
+        return len(shards)
+    if (existing is not None or shards) and not overwrite:
+        if existing is None:
+            raise UsageError(f"--output_dir {out}: holds latent shards of an unknown run; pass --overwrite to replace them")
+        diff = sorted(k for k in set(settings) | set(existing) if settings.get(k) != existing.get(k))
+        raise UsageError(f"--output_dir {out}: holds latents made with other settings ({', '.join(diff)}); "
+                         f"pass --overwrite to replace them or choose another --output_dir")
+    if rank == 0:
+        for path in shards.values():
+            os.unlink(path)
+        for name in OUTPUT_FILES:
+            if os.path.exists(os.path.join(out, name)):
+                os.unlink(os.path.join(out, name))
+        os.makedirs(out, exist_ok=True)
+        write_json_atomic(record, {"schema_version": SCHEMA_VERSION, "settings": settings})
+    return 0
+
+
+def _tokenizer_info(path, tokenizer):
+    name = str(path)
+    size = os.path.getsize(path) if os.path.isfile(name) else 0
+    return dict(name=os.path.basename(name), path=os.path.abspath(name) if size else name, bytes=size,
+                architecture={k: list(v) if isinstance(v, tuple) else v for k, v in tokenizer.config.items()},
+                latent_channels=tokenizer.latent_channels, downsample=tokenizer.downsample_factor)
+
+
+@torch.inference_mode()
+def _encode(tokenizer, x, dtype, device, sample_posterior, generator):
+    with autocast(device, dtype):
+        posterior = tokenizer.encode(x.to(device))
+    if sample_posterior:
+        return posterior.sample(generator=generator).float().cpu()
+    return posterior.mean.float().cpu()
+
+
+def _flip(x, flip):
+    return x.flip(-1) if flip == "time" else x.flip(-2)
+
+
+def encode_shards(args, files, labels, split, size, tokenizer, device, dtype, rank, world):
+    """Encode every shard this rank owns that is not on disk yet."""
+    num_shards = (len(files) + args.shard_size - 1) // args.shard_size
+    done = list_shards(args.output_dir)
+    todo = [k for k in range(num_shards) if k % world == rank and k not in done]
+    if not todo:
+        return
+    indices = [i for k in todo for i in range(k * args.shard_size, min((k + 1) * args.shard_size, len(files)))]
+    loader = DataLoader(ImageFiles(files, indices, size, args.resize, args.color), batch_size=args.batch_size,
+                        num_workers=args.num_workers, collate_fn=_collate)
+    pending = {k: [] for k in todo}
+    expected = {k: min((k + 1) * args.shard_size, len(files)) - k * args.shard_size for k in todo}
+    bar = tqdm(total=len(indices), unit="img", desc=f"encode (rank {rank})", disable=rank != 0 and world > 1)
+    for items in loader:
+        good = [it for it in items if it["x"] is not None]
+        for it in items:
+            if it["error"] is not None and args.strict:
+                raise UsageError(f"{files[it['index']]}: cannot be read ({it['error']}); remove it or drop --strict")
+        encoded = {}
+        if good:
+            x = torch.stack([it["x"] for it in good])
+            generator = torch.Generator(device).manual_seed(args.seed * 1_000_003 + good[0]["index"])
+            encoded["latents"] = _encode(tokenizer, x, dtype, device, args.sample_posterior, generator)
+            if args.flip != "none":
+                encoded["latents_flip"] = _encode(tokenizer, _flip(x, args.flip), dtype, device,
+                                                  args.sample_posterior, generator)
+        row = 0
+        for it in items:
+            k = it["index"] // args.shard_size
+            if it["x"] is not None:
+                it["z"] = {key: v[row] for key, v in encoded.items()}
+                row += 1
+            it["x"] = None  # free the image
+            pending[k].append(it)
+            if len(pending[k]) == expected[k]:
+                _write_shard(args.output_dir, rank, k, pending.pop(k), labels, split)
+        bar.update(len(items))
+    bar.close()
+
+
+def _write_shard(out, rank, k, items, labels, split):
+    good = [it for it in items if "z" in it]
+    tensors = {key: torch.stack([it["z"][key] for it in good]) if good else torch.zeros(0)
+               for key in (good[0]["z"] if good else {"latents": None})}
+    idx = [it["index"] for it in good]
+    tensors["labels"] = torch.tensor([labels[i] for i in idx], dtype=torch.int64)
+    tensors["split"] = torch.tensor([int(split[i]) for i in idx], dtype=torch.uint8)
+    info = dict(indices=idx, sizes=[list(it["size"]) for it in good], gray=[bool(it["gray"]) for it in good],
+                skipped=[[it["index"], it["error"]] for it in items if "z" not in it])
+    write_shard(shard_path(out, rank, k), tensors, info)
+
+
+def _reconstruction_report(args, files, labels, split, names, size, tokenizer, device, dtype, gray):
+    """Encode/decode up to --recon_images per class (held-out first); PSNR/SSIM per class; a picture."""
+    per_class, rows = {}, []
+    for c, name in enumerate(names):
+        idx = [i for i in range(len(files)) if labels[i] == c]
+        idx = sorted(idx, key=lambda i: -int(split[i]))[: args.recon_images]
+        xs = []
+        for i in idx:
+            try:
+                xs.append(load_for_tokenizer(files[i], size, args.resize, args.color)[0])
+            except Exception:  # noqa: BLE001 - unreadable files are already listed as skipped
+                continue
+        if not xs:
+            continue
+        x = torch.stack(xs)
+        with torch.inference_mode(), autocast(device, dtype):
+            rec = tokenizer.decode(tokenizer.encode(x.to(device)).mean).float().cpu().clamp(-1, 1)
+        per_class[name] = dict(psnr=float(psnr(x, rec).mean()), ssim=float(ssim(x, rec).mean()), images=len(xs))
+        for a, b in list(zip(x, rec))[:4]:
+            rows.append([a, b, (a - b).abs() * 2 - 1])
+    if rows:
+        make_grid(rows, gray).save(os.path.join(args.output_dir, "reconstruction.png"))
+    overall = dict(psnr=sum(v["psnr"] for v in per_class.values()) / max(1, len(per_class)),
+                   ssim=sum(v["ssim"] for v in per_class.values()) / max(1, len(per_class)))
+    return dict(per_class=per_class, overall=overall)
+
+
+def finalize(args, files, labels, split, names, size, tokenizer, tok_info, device, dtype, timings):
+    """Rank 0, after every shard exists: stats, recommendation, manifest, reconstruction report."""
+    data = load_latents(args.output_dir)
+    infos = [read_shard_info(p) for _, p in sorted(list_shards(args.output_dir).items())]
+    skipped = [dict(path=files[i], reason=r) for info in infos for i, r in info.get("skipped", [])]
+    sizes = {i: s for info in infos for i, s in zip(info.get("indices", []), info.get("sizes", []))}
+    grays = [g for info in infos for g in info.get("gray", [])]
+    counts = {name: {"train": 0, "heldout": 0} for name in names}
+    for lab, sp in zip(data["labels"].tolist(), data["split"].tolist()):
+        counts[names[lab]]["heldout" if sp else "train"] += 1
+    empty = [n for n, c in counts.items() if c["train"] + c["heldout"] == 0]
+    if empty:
+        raise UsageError(f"class(es) {', '.join(empty)}: none of their images could be read (see the skipped list)")
+
+    train = data["latents"][data["split"] == 0]
+    if "latents_flip" in data:
+        train = torch.cat([train, data["latents_flip"][data["split"] == 0]])
+    stats = channel_stats(train)
+    atomic_torch_save(stats, os.path.join(args.output_dir, "latents_stats.pt"))
+    imagenet = None
+    if args.imagenet_stats and os.path.isfile(args.imagenet_stats):
+        imagenet = load_stats(args.imagenet_stats, channels=stats["mean"].shape[1], what="ImageNet stats file")
+        atomic_torch_save(imagenet, os.path.join(args.output_dir, "latents_stats_imagenet.pt"))
+    report = recommend(stats, imagenet)
+    color_mode = "gray" if args.color == "gray" or (args.color == "auto" and grays and all(grays)) else "rgb"
+    recon = _reconstruction_report(args, files, labels, split, names, size, tokenizer, device, dtype,
+                                   color_mode == "gray") if args.recon_images > 0 else {}
+    write_text_atomic(os.path.join(args.output_dir, "stats_recommendation.txt"), format_recommendation(report))
+    write_json_atomic(os.path.join(args.output_dir, "stats_report.json"),
+                      dict(report, imagenet_stats=args.imagenet_stats if imagenet is not None else None,
+                           reconstruction=recon))
+    order = data["indices"].tolist()
+    size_counts = {n: Counter() for n in names}
+    for i in order:
+        size_counts[names[labels[i]]][tuple(sizes.get(i, ()))] += 1
+    manifest = dict(
+        schema_version=SCHEMA_VERSION,
+        classes=[dict(name=n, label=c, **counts[n],
+                      common_original_size=list(size_counts[n].most_common(1)[0][0]) if size_counts[n] else None)
+                 for c, n in enumerate(names)],
+        num_images=len(order), files=[os.path.relpath(files[i], args.data_dir) for i in order],
+        original_sizes=[sizes.get(i) for i in order], color_mode=color_mode, resize=args.resize, flip=args.flip,
+        image_size=list(size), latent_shape=list(data["latents"].shape[1:]),
+        posterior="sample" if args.sample_posterior else "mean",
+        split=dict(val_fraction=args.val_fraction, seed=args.seed), tokenizer=tok_info,
+        skipped=skipped, timings=timings, settings=vars(args))
+    write_json_atomic(os.path.join(args.output_dir, "dataset.json"), manifest)
+    return manifest, report, recon
+
+
+def run(args):
+    """Stage 1 end to end. Returns (manifest, recommendation report, reconstruction report) on rank 0."""
+    t_start = time.time()
+    rank, world, local_rank = init_distributed()
+    try:
+        size = parse_image_size(args.image_size)
+        device = pick_device(args.device, local_rank)
+        dtype, _ = pick_precision(args.precision, device)
+        classes = find_classes(args.data_dir)
+        names = list(classes)
+        files = [p for n in names for p in classes[n]]
+        labels = [c for c, n in enumerate(names) for _ in classes[n]]
+        split = split_indices(labels, args.val_fraction, args.seed)
+        tokenizer = load_vavae(args.vavae_path, device=device, trust=args.trust_checkpoint)
+        tok_info = _tokenizer_info(args.vavae_path, tokenizer)
+        settings = _settings(args, files, size, tok_info)
+        found = _prepare_output_dir(args.output_dir, settings, args.overwrite, rank) if rank == 0 else 0
+        barrier(world)
+        if rank == 0 and found:
+            print(f"resuming: {found} complete shard(s) found in {args.output_dir}")
+        t_encode = time.time()
+        encode_shards(args, files, labels, split, size, tokenizer, device, dtype, rank, world)
+        barrier(world)
+        timings = dict(setup_s=round(t_encode - t_start, 2), encode_s=round(time.time() - t_encode, 2))
+        if rank != 0:
+            return None
+        result = finalize(args, files, labels, split, names, size, tokenizer, tok_info, device, dtype, timings)
+        result[0]["timings"]["total_s"] = round(time.time() - t_start, 2)
+        write_json_atomic(os.path.join(args.output_dir, "dataset.json"), result[0])
+        return result
+    finally:
+        cleanup_distributed(world)

@@ -1,0 +1,63 @@
+"""
+Stage 1: encode a folder of micro-Doppler spectrograms (one subfolder per class) into VA-VAE latents,
+with this data's latent statistics, a stats recommendation and a reconstruction report.
+
+    python stage1_extract_features.py --data_dir IMAGES --vavae_path pretrained/vavae-imagenet256-f16d32-dinov2.pt
+"""
+
+import argparse
+
+from pipeline.cli import fraction, nonnegative_int, positive_int
+from pipeline.common import run_cli
+from pipeline.extract import run
+
+
+def parse_args(argv=None):
+    p = argparse.ArgumentParser(description=__doc__.strip().splitlines()[0])
+    p.add_argument("--data_dir", required=True, help="one subfolder per class (images directly inside: one class)")
+    p.add_argument("--vavae_path", default="pretrained/vavae-imagenet256-f16d32-dinov2.pt",
+                   help="VA-VAE tokenizer (.pt or .safetensors), or 'demo' for the offline demo tokenizer")
+    p.add_argument("--imagenet_stats", default="pretrained/latents_stats.pt", help="ImageNet latents_stats.pt to compare with")
+    p.add_argument("--output_dir", default="latent_features")
+    p.add_argument("--image_size", default="256", help="N or HxW, multiples of 16")
+    p.add_argument("--resize", choices=["stretch", "center_crop", "pad"], default="stretch",
+                   help="stretch (default) keeps the whole spectrogram; cropping can cut Doppler extremes")
+    p.add_argument("--color", choices=["auto", "gray", "rgb"], default="auto")
+    p.add_argument("--flip", choices=["none", "time", "doppler"], default="none",
+                   help="also store flipped latents (off by default: a flip changes the activity's meaning)")
+    p.add_argument("--val_fraction", type=fraction, default=0.1, help="held-out fraction per class (0: none)")
+    p.add_argument("--seed", type=nonnegative_int, default=0)
+    p.add_argument("--batch_size", type=positive_int, default=32)
+    p.add_argument("--num_workers", type=nonnegative_int, default=4)
+    p.add_argument("--shard_size", type=positive_int, default=10000, help="images per shard (the unit of resume)")
+    p.add_argument("--device", default="auto")
+    p.add_argument("--precision", choices=["auto", "fp32", "fp16", "bf16"], default="auto")
+    p.add_argument("--sample_posterior", action="store_true", help="store posterior samples instead of the mean")
+    p.add_argument("--recon_images", type=nonnegative_int, default=8, help="per class, for the reconstruction report")
+    p.add_argument("--overwrite", action="store_true", help="replace latents made with other settings")
+    p.add_argument("--strict", action="store_true", help="stop at the first unreadable image instead of skipping it")
+    p.add_argument("--trust_checkpoint", action="store_true",
+                   help="allow a tokenizer file that needs arbitrary code to unpickle (only for sources you trust)")
+    return p.parse_args(argv)
+
+
+def main(argv=None):
+    args = parse_args(argv)
+    result = run(args)
+    if result is None:  # not rank 0
+        return
+    manifest, report, recon = result
+    counts = ", ".join(f"{c['name']}: {c['train']}+{c['heldout']}" for c in manifest["classes"])
+    print(f"encoded {manifest['num_images']} images ({counts} train+held-out), latents {manifest['latent_shape']}, "
+          f"colour {manifest['color_mode']}, in {manifest['timings']['total_s']:.1f} s -> {args.output_dir}")
+    if manifest["skipped"]:
+        print(f"skipped {len(manifest['skipped'])} unreadable file(s), listed in dataset.json, e.g. "
+              f"{manifest['skipped'][0]['path']}: {manifest['skipped'][0]['reason']}")
+    if recon:
+        print(f"tokenizer reconstruction: PSNR {recon['overall']['psnr']:.1f} dB, SSIM {recon['overall']['ssim']:.3f} "
+              f"(per class in stats_report.json, picture in reconstruction.png)")
+    print(f"stats: {report['recommendation']} - {report['reason']}")
+
+
+if __name__ == "__main__":
+    run_cli(main)
