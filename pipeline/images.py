@@ -180,7 +180,8 @@ def save_image(x, path, gray, size=None):
     img = Image.fromarray(to_uint8(x, gray))
     if size is not None and tuple(size) != img.size:
         img = img.resize(tuple(size), Image.BICUBIC)
-    tmp = f"{path}.tmp.png"
+    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+    tmp = f"{path}.tmp.png"  # atomic: a killed run never leaves a half-written image that looks complete
     img.save(tmp)
     os.replace(tmp, path)
 

@@ -389,7 +389,7 @@ def _train(cfg, args, rank, world, local_rank):
         return dict(model=model.state_dict(), ema=ema.state_dict(), opt=opt.state_dict(), scaler=scaler.state_dict(),
                     step=step, rng=rngs, config=cfg, stats=meta["stats"], classes=classes, latent_shape=latent_shape,
                     color_mode=meta["color_mode"], image_size=meta["image_size"], tokenizer=meta["tokenizer"],
-                    original_sizes=meta["original_sizes"], init_stats=init_stats, code_version=code_version(),
+                    original_sizes=meta["original_sizes"], latent_dir=meta["latent_dir"], init_stats=init_stats, code_version=code_version(),
                     model_config=model.config, model_name=cfg["model"]["name"])
 
     def save(reason):
