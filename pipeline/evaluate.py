@@ -1,0 +1,343 @@
+"""
+Evaluation of generated spectrograms against real ones: class correctness, fidelity/diversity,
+memorisation and spectrogram statistics.
+
+    python -m pipeline.evaluate --real DIR --generated DIR --out eval.json
+
+`--real` is a class-folder tree (split here into train/held-out, deterministic by seed) or a stage 1
+output dir (its held-out split is the reference, its train split is used for the classifier and
+for memorisation). `--generated` is a class-folder tree (stage 3 output). All metrics are computed on
+images resized to 64x64, three channels, in [0, 1].
+"""
+
+import argparse
+import hashlib
+import json
+import os
+
+import numpy as np
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+from PIL import Image
+
+from pipeline.common import UsageError, write_json_atomic
+from pipeline.images import IMAGE_EXTENSIONS, find_classes, load_for_tokenizer, make_grid, safe_name, split_indices
+
+EVAL_SIZE = (64, 64)
+MEMORISATION_THRESHOLD = 0.5   # nearest-train distance / typical train-train NN distance below this = memorised
+KNN_K = 3
+CACHE_DIR = os.environ.get("MICRODOPPLER_CACHE", os.path.expanduser("~/.cache/microdoppler-ldm"))
+
+
+# --------------------------------------------------------------------------------
+#                                   Data
+# --------------------------------------------------------------------------------
+
+def _load(paths):
+    """Images as (N, 3, 64, 64) float32 in [0, 1]; unreadable files are dropped (and counted)."""
+    out, bad = [], 0
+    for p in paths:
+        try:
+            out.append((load_for_tokenizer(p, EVAL_SIZE)[0] + 1) / 2)
+        except Exception:  # noqa: BLE001 - skip unreadable files, like stage 1
+            bad += 1
+    return (torch.stack(out) if out else torch.zeros(0, 3, *EVAL_SIZE)), bad
+
+
+def load_real(real, seed=0, heldout_fraction=0.2):
+    """(class names, train images, train labels, held-out images, held-out labels)."""
+    manifest = os.path.join(real, "dataset.json")
+    if os.path.isfile(manifest):
+        from pipeline.latents import load_latents
+        info = json.load(open(manifest))
+        data_dir = info["settings"]["data_dir"]
+        if not os.path.isdir(data_dir):
+            raise UsageError(f"--real {real}: its images ({data_dir}) are not on this machine; pass the image folder")
+        names = [c["name"] for c in info["classes"]]
+        data = load_latents(real, check_finite=False)   # rows are in dataset.json's file order
+        paths = [os.path.join(data_dir, rel) for rel in info["files"]]
+        labels, split = data["labels"].tolist(), data["split"].numpy()
+    else:
+        classes = find_classes(real)
+        names = list(classes)
+        paths = [p for n in names for p in classes[n]]
+        labels = [c for c, n in enumerate(names) for _ in classes[n]]
+        split = split_indices(labels, heldout_fraction, seed)
+    labels = torch.tensor(labels)
+    x, _ = _load(paths)
+    split = torch.as_tensor(np.asarray(split)).bool()
+    return names, x[~split], labels[~split], x[split], labels[split]
+
+
+def load_generated(generated, names):
+    """Generated images with labels from their folder names (matched to real class names, also via safe_name)."""
+    if not os.path.isdir(generated):
+        raise UsageError(f"--generated {generated}: no such folder")
+    lookup = {n: c for c, n in enumerate(names)}
+    lookup.update({safe_name(n): c for c, n in enumerate(names)})
+    xs, ys, unknown = [], [], []
+    for folder in sorted(os.listdir(generated)):
+        full = os.path.join(generated, folder)
+        if not os.path.isdir(full) or folder.startswith("."):
+            continue
+        if folder not in lookup:
+            unknown.append(folder)
+            continue
+        files = sorted(os.path.join(full, f) for f in os.listdir(full) if f.lower().endswith(IMAGE_EXTENSIONS))
+        x, _ = _load(files)
+        xs.append(x)
+        ys += [lookup[folder]] * len(x)
+    if unknown:
+        raise UsageError(f"--generated {generated}: folders {', '.join(unknown)} match no real class ({', '.join(names)})")
+    if not ys:
+        raise UsageError(f"--generated {generated}: no generated images found")
+    return torch.cat(xs), torch.tensor(ys)
+
+
+# --------------------------------------------------------------------------------
+#                                 Classifier
+# --------------------------------------------------------------------------------
+
+class SmallCNN(nn.Module):
+    """(B, 3, 64, 64) -> logits; `features` gives the 128-d penultimate embedding."""
+
+    def __init__(self, num_classes):
+        super().__init__()
+        def block(cin, cout):
+            return nn.Sequential(nn.Conv2d(cin, cout, 3, padding=1), nn.BatchNorm2d(cout), nn.ReLU(), nn.MaxPool2d(2))
+        self.body = nn.Sequential(block(3, 16), block(16, 32), block(32, 64), block(64, 128))
+        self.head = nn.Linear(128, num_classes)
+
+    def features(self, x):
+        return self.body(x).mean(dim=(2, 3))
+
+    def forward(self, x):
+        return self.head(self.features(x))
+
+
+def train_classifier(x, y, num_classes, seed=0, epochs=25, batch_size=32):
+    """Adam, fixed seed, small random time shifts as the only augmentation (no flips: they change the class)."""
+    gen = torch.Generator().manual_seed(seed)
+    torch.manual_seed(seed)
+    model = SmallCNN(num_classes)
+    opt = torch.optim.Adam(model.parameters(), lr=2e-3)
+    steps = max(1, (len(x) + batch_size - 1) // batch_size)
+    sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=3e-3, total_steps=epochs * steps)
+    model.train()
+    for _ in range(epochs):
+        perm = torch.randperm(len(x), generator=gen)
+        for i in range(steps):
+            idx = perm[i * batch_size:(i + 1) * batch_size]
+            xb = x[idx]
+            shift = int(torch.randint(-6, 7, (1,), generator=gen))
+            xb = torch.roll(xb, shifts=shift, dims=3)
+            loss = F.cross_entropy(model(xb), y[idx])
+            opt.zero_grad()
+            loss.backward()
+            opt.step()
+            sched.step()
+    return model.eval()
+
+
+def cached_classifier(x, y, num_classes, seed):
+    """The real-data classifier, cached by a hash of its training images, labels and settings."""
+    h = hashlib.sha256()
+    h.update(x.numpy().tobytes())
+    h.update(y.numpy().tobytes())
+    h.update(f"{num_classes}/{seed}/v1".encode())
+    path = os.path.join(CACHE_DIR, f"classifier_{h.hexdigest()[:24]}.pt")
+    model = SmallCNN(num_classes)
+    if os.path.isfile(path):
+        try:
+            model.load_state_dict(torch.load(path, weights_only=True))
+            return model.eval()
+        except (RuntimeError, OSError, EOFError):
+            pass  # unreadable cache entry: retrain
+    model = train_classifier(x, y, num_classes, seed)
+    try:
+        from models.safe_load import atomic_torch_save
+        atomic_torch_save(model.state_dict(), path)
+    except OSError:
+        pass  # caching is an optimisation only
+    return model
+
+
+@torch.no_grad()
+def predict(model, x):
+    logits = torch.cat([model(part) for part in x.split(256)]) if len(x) else torch.zeros(0, model.head.out_features)
+    feats = torch.cat([model.features(part) for part in x.split(256)]) if len(x) else torch.zeros(0, 128)
+    return logits.argmax(1), feats
+
+
+def accuracy(pred, y):
+    return float((pred == y).float().mean()) if len(y) else float("nan")
+
+
+# --------------------------------------------------------------------------------
+#                         Distribution metrics
+# --------------------------------------------------------------------------------
+
+def frechet_distance(a, b):
+    """||mu_a - mu_b||^2 + Tr(Sa + Sb - 2 (Sa^1/2 Sb Sa^1/2)^1/2) between feature sets (N, D), float64."""
+    if len(a) < 2 or len(b) < 2:
+        return float("nan")
+    a, b = a.double(), b.double()
+    mu_a, mu_b = a.mean(0), b.mean(0)
+    sa, sb = torch.cov(a.T), torch.cov(b.T)
+
+    def sqrtm_psd(m):
+        vals, vecs = torch.linalg.eigh((m + m.T) / 2)
+        return vecs @ torch.diag(vals.clamp_min(0).sqrt()) @ vecs.T
+
+    root_a = sqrtm_psd(sa)
+    cross = sqrtm_psd(root_a @ sb @ root_a)
+    fd = (mu_a - mu_b).pow(2).sum() + torch.trace(sa) + torch.trace(sb) - 2 * torch.trace(cross)
+    return max(0.0, float(fd))
+
+
+def knn_precision_recall(real, fake, k=KNN_K):
+    """Improved precision/recall (Kynkaanniemi et al. 2019): a sample is covered if it lies within the
+    k-NN radius of some sample of the other set."""
+    if len(real) <= k or len(fake) <= k:
+        return float("nan"), float("nan")
+
+    def radii(x):
+        d = torch.cdist(x, x)
+        return d.kthvalue(k + 1, dim=1).values  # +1: the point itself is at distance 0
+
+    r_real, r_fake = radii(real), radii(fake)
+    d = torch.cdist(fake, real)                        # (F, R)
+    precision = float((d <= r_real[None, :]).any(dim=1).float().mean())
+    recall = float((d.T <= r_fake[None, :]).any(dim=1).float().mean())
+    return precision, recall
+
+
+def memorisation(gen, train):
+    """Per generated image: distance to the nearest training image / median train-train NN distance."""
+    g, t = gen.flatten(1), train.flatten(1)
+    d_gt = torch.cdist(g, t)
+    nearest, which = d_gt.min(dim=1)
+    d_tt = torch.cdist(t, t)
+    d_tt.fill_diagonal_(float("inf"))
+    typical = d_tt.min(dim=1).values.median().clamp_min(1e-8)
+    return nearest / typical, which
+
+
+def spectrogram_statistics(real, gen):
+    """Mean Doppler profile (rows) L1 distance and energy histogram total-variation distance."""
+    pr = real.mean(dim=(0, 1, 3))
+    pg = gen.mean(dim=(0, 1, 3))
+    hr = torch.histc(real.mean(1), bins=32, min=0, max=1)
+    hg = torch.histc(gen.mean(1), bins=32, min=0, max=1)
+    return dict(doppler_profile_l1=float((pr - pg).abs().mean()),
+                energy_hist_tv=float(0.5 * (hr / hr.sum() - hg / hg.sum()).abs().sum()))
+
+
+# --------------------------------------------------------------------------------
+#                                  Report
+# --------------------------------------------------------------------------------
+
+def evaluate(real, generated, out, seed=0):
+    """Compute every metric; write `out` (eval.json), eval.png and memorisation.png beside it."""
+    names, x_train, y_train, x_held, y_held = load_real(real, seed)
+    x_gen, y_gen = load_generated(generated, names)
+    if len(x_held) == 0:
+        raise UsageError(f"--real {real}: no held-out real images to compare with (stage 1 --val_fraction 0?)")
+    k = len(names)
+    clf = cached_classifier(x_train, y_train, k, seed)
+    pred_held, f_held = predict(clf, x_held)
+    pred_gen, f_gen = predict(clf, x_gen)
+    tstr = train_classifier(x_gen, y_gen, k, seed)
+    augmented = train_classifier(torch.cat([x_train, x_gen]), torch.cat([y_train, y_gen]), k, seed)
+    precision, recall = knn_precision_recall(f_held, f_gen)
+    ratio, nearest = memorisation(x_gen, x_train)
+    result = dict(
+        real_accuracy=accuracy(pred_held, y_held),
+        generated_accuracy=accuracy(pred_gen, y_gen),
+        tstr_accuracy=accuracy(predict(tstr, x_held)[0], y_held),
+        real_only_accuracy=accuracy(pred_held, y_held),
+        augmented_accuracy=accuracy(predict(augmented, x_held)[0], y_held),
+        fd_classifier=frechet_distance(f_held, f_gen),
+        precision=precision, recall=recall,
+        memorisation_fraction=float((ratio < MEMORISATION_THRESHOLD).float().mean()),
+        memorisation_threshold=MEMORISATION_THRESHOLD,
+        num_real=int(len(x_held)), num_real_train=int(len(x_train)), num_generated=int(len(x_gen)),
+        **spectrogram_statistics(x_held, x_gen), per_class={})
+    for c, name in enumerate(names):
+        held, gen = y_held == c, y_gen == c
+        p_c, r_c = knn_precision_recall(f_held[held], f_gen[gen])
+        if gen.sum() == 0:
+            p_c, r_c = float("nan"), 0.0  # a missing class is not recalled at all
+        result["per_class"][name] = dict(
+            real_accuracy=accuracy(pred_held[held], y_held[held]),
+            generated_accuracy=accuracy(pred_gen[gen], y_gen[gen]),
+            fd_classifier=frechet_distance(f_held[held], f_gen[gen]), precision=p_c, recall=r_c,
+            memorisation_fraction=float((ratio[gen] < MEMORISATION_THRESHOLD).float().mean()) if gen.any() else float("nan"),
+            num_real=int(held.sum()), num_generated=int(gen.sum()),
+            **(spectrogram_statistics(x_held[held], x_gen[gen]) if gen.any() and held.any() else {}))
+    out_dir = os.path.dirname(os.path.abspath(out))
+    write_json_atomic(out, _json_safe(result))
+    _summary_plot(result, os.path.join(out_dir, "eval.png"))
+    order = ratio.argsort()[:8]
+    pairs = [[x_gen[i] * 2 - 1, x_train[nearest[i]] * 2 - 1] for i in order.tolist()]
+    if pairs:
+        make_grid(pairs, gray=False).save(os.path.join(out_dir, "memorisation.png"))
+    return result
+
+
+def _json_safe(obj):
+    if isinstance(obj, dict):
+        return {k: _json_safe(v) for k, v in obj.items()}
+    if isinstance(obj, float) and not np.isfinite(obj):
+        return None
+    return obj
+
+
+def _summary_plot(result, path):
+    """A one-page bar chart of the headline metrics in [0, 1]."""
+    from PIL import ImageDraw
+    keys = ["real_accuracy", "generated_accuracy", "tstr_accuracy", "real_only_accuracy", "augmented_accuracy",
+            "precision", "recall", "memorisation_fraction"]
+    img = Image.new("RGB", (720, 40 + 30 * len(keys) + 40), "white")
+    d = ImageDraw.Draw(img)
+    d.text((10, 10), f"evaluation: {result['num_generated']} generated vs {result['num_real']} held-out real; "
+                     f"FD (classifier features) {result['fd_classifier']:.3g}", fill="black")
+    for i, key in enumerate(keys):
+        v = result[key]
+        y = 40 + 30 * i
+        d.text((10, y + 5), key, fill="black")
+        if v is not None and np.isfinite(v):
+            d.rectangle([200, y, 200 + int(450 * v), y + 20], fill=(31, 119, 180))
+            d.text((205 + int(450 * v), y + 5), f"{v:.3f}", fill="black")
+    img.save(path)
+
+
+def evaluate_run(manifest, args):
+    """stage3_inference.py --eval: compare with the run's stage 1 data (its latent dir)."""
+    from models.safe_load import safe_torch_load
+    latent_dir = safe_torch_load(manifest["settings"]["checkpoint"]).get("latent_dir")
+    if not latent_dir or not os.path.isdir(latent_dir):
+        raise UsageError(f"--eval: the run's latent dir ({latent_dir}) is not on this machine; run "
+                         f"python -m pipeline.evaluate --real IMAGES --generated {args.output_dir} --out eval.json")
+    return evaluate(latent_dir, args.output_dir, os.path.join(args.output_dir, "eval.json"), seed=args.seed)
+
+
+def main(argv=None):
+    from pipeline.cli import nonnegative_int
+    from pipeline.common import run_cli
+    p = argparse.ArgumentParser(description="Evaluate generated spectrograms against real ones.")
+    p.add_argument("--real", required=True, help="class-folder tree, or a stage 1 output dir")
+    p.add_argument("--generated", required=True, help="class-folder tree (stage 3 output)")
+    p.add_argument("--out", default="eval.json")
+    p.add_argument("--seed", type=nonnegative_int, default=0)
+    args = p.parse_args(argv)
+
+    def run():
+        r = evaluate(args.real, args.generated, args.out, args.seed)
+        print(json.dumps({k: v for k, v in _json_safe(r).items() if k != "per_class"}, indent=1))
+    run_cli(run)
+
+
+if __name__ == "__main__":
+    main()
