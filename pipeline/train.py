@@ -105,13 +105,15 @@ def init_from_checkpoint(model, path, classes, trust=False, log=print):
     target = model.state_dict()
     label_key = "y_embedder.embedding_table.weight"
     same_classes = isinstance(ckpt.get("classes"), list) and ckpt["classes"] == list(classes)
-    core = [k for k in target if k != label_key]
-    matched = [k for k in core if k in source and source[k].shape == target[k].shape]
-    if len(matched) < 0.9 * len(core):
-        bad = [f"{k} {tuple(source[k].shape)}->{tuple(target[k].shape)}" if k in source else f"{k} (missing)"
-               for k in core if k not in matched][:3]
-        raise UsageError(f"--init_from {path}: a different architecture ({len(matched)}/{len(core)} tensors match; "
-                         f"e.g. {', '.join(bad)}); pick the matching --model")
+    # The transformer trunk and patch embedding define the architecture: they must all match. Other tensors
+    # (output layer, fixed position tables of another input size) are re-initialised when they differ.
+    core = [k for k in target if k.startswith(("blocks.", "x_embedder."))]
+    matched = [k for k in target if k != label_key and k in source and source[k].shape == target[k].shape]
+    if any(k not in matched for k in core) or any(k.startswith("blocks.") and k not in target for k in source):
+        bad = [f"{k} {tuple(source[k].shape)} vs {tuple(target[k].shape)}" if k in source else f"{k} missing"
+               for k in core if k not in matched][:2] or ["it has more blocks"]
+        raise UsageError(f"--init_from {path}: a different architecture ({', '.join(bad)}); "
+                         f"pick the matching --model")
     loaded = {k: source[k] for k in matched}
     if same_classes and label_key in source and source[label_key].shape == target[label_key].shape:
         loaded[label_key] = source[label_key]

@@ -1,0 +1,172 @@
+"""Stage 2: learning, checkpoints, resume equality, init_from, precision, signals, DDP, bad input."""
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+import torch
+
+import stage2_train_dit as stage2
+from pipeline.common import UsageError, pick_precision
+from pipeline.generate import denormalise, sample_latents
+from pipeline.inference import load_run
+from pipeline.train import latest_checkpoint
+from tests.helpers import make_latent_dir, stage2_args
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+MEANS = [torch.tensor([-1.5, 1.0, 0.0, 0.5]).view(4, 1, 1), torch.tensor([1.5, -1.0, 0.5, 0.0]).view(4, 1, 1)]
+
+
+@pytest.fixture(scope="module")
+def latent_dir(tmp_path_factory):
+    path = tmp_path_factory.mktemp("latents")
+    make_latent_dir(path, MEANS)
+    return path
+
+
+def _weights(run_dir):
+    ckpt = torch.load(latest_checkpoint(run_dir), weights_only=True)
+    return ckpt
+
+
+def test_tiny_model_learns_class_means(tmp_path, latent_dir):
+    stage2.main(stage2_args(latent_dir, tmp_path / "run", "train.lr=2e-3", "train.ema_decay=0.99", steps=300))
+    model, ckpt = load_run(latest_checkpoint(tmp_path / "run"))
+    sampling = dict(num_steps=20, method="euler", cfg_scale=1.0, cfg_interval_start=0.0, timestep_shift=0.0)
+    for c, mean in enumerate(MEANS):
+        z = sample_latents(model, [c] * 32, list(range(32)), [4, 4, 4], sampling, torch.device("cpu"))
+        got = denormalise(z, ckpt["stats"]).mean(dim=(0, 2, 3))
+        assert (got - mean.flatten()).abs().max() < 0.3, (c, got)
+
+
+def test_checkpoint_contents_logs_and_outputs(tmp_path, latent_dir):
+    stage2.main(stage2_args(latent_dir, tmp_path / "run", "log.sample_every=10", "log.keep_last=1", steps=20))
+    run = tmp_path / "run"
+    ckpt = _weights(run)
+    for key in ("model", "ema", "opt", "scaler", "step", "rng", "config", "stats", "classes", "latent_shape",
+                "code_version", "color_mode"):
+        assert key in ckpt, key
+    assert ckpt["step"] == 20 and ckpt["classes"] == ["class0", "class1"]
+    assert ckpt["stats"]["source"] == "micro_doppler" and ckpt["stats"]["mean"].shape == (1, 4, 1, 1)
+    assert sorted(os.listdir(run / "checkpoints")) == ["0000020.pt", "latest"]  # keep_last=1
+    rows = [json.loads(line) for line in (run / "log.jsonl").read_text().splitlines()]
+    assert {"step", "loss", "mse", "cos", "grad_norm", "lr", "images_per_s"} <= set(rows[0])
+    assert any("val_loss" in r for r in rows)
+    assert (run / "loss.png").is_file() and (run / "samples" / "step_0000010.png").is_file()
+    assert (run / "config.yaml").read_text().count("LightningDiT-Tiny/2") == 1
+
+
+def test_resume_gives_the_same_weights_as_an_uninterrupted_run(tmp_path, latent_dir):
+    stage2.main(stage2_args(latent_dir, tmp_path / "straight", steps=20))
+    stage2.main(stage2_args(latent_dir, tmp_path / "split", steps=10))
+    stage2.main(stage2_args(latent_dir, tmp_path / "split", steps=20))
+    a, b = _weights(tmp_path / "straight"), _weights(tmp_path / "split")
+    assert b["step"] == 20
+    for part in ("model", "ema"):
+        for k in a[part]:
+            assert torch.equal(a[part][k], b[part][k]), (part, k)
+
+
+def test_init_from_partial_loading_and_wrong_architecture(tmp_path, latent_dir, capsys):
+    stage2.main(stage2_args(latent_dir, tmp_path / "src", steps=10))
+    three = tmp_path / "three"
+    make_latent_dir(three, MEANS + [torch.zeros(4, 1, 1)])
+    stage2.main(stage2_args(three, tmp_path / "dst", "--init_from", str(latest_checkpoint(tmp_path / "src")), steps=2))
+    out = capsys.readouterr().out
+    assert "re-initialised 1 (y_embedder.embedding_table.weight)" in out
+    src = torch.load(latest_checkpoint(tmp_path / "src"), weights_only=True)
+    dst = torch.load(tmp_path / "dst" / "checkpoints" / "0000002.pt", weights_only=True)
+    assert dst["init_stats"]["source"] == "micro_doppler"
+    # trunk weights start from the source: after 2 small steps they are still close
+    k = "blocks.0.attn.qkv.weight"
+    assert (dst["model"][k] - src["ema"][k]).abs().max() < 0.05
+    with pytest.raises(UsageError, match="different architecture"):
+        stage2.main(stage2_args(latent_dir, tmp_path / "bad", "--init_from", str(latest_checkpoint(tmp_path / "src")),
+                                "--model", "LightningDiT-Tiny/1", steps=2))
+
+
+def test_precision_selection(monkeypatch):
+    assert pick_precision("auto", torch.device("cpu")) == (None, False)
+    monkeypatch.setattr(torch.cuda, "get_device_capability", lambda device=None: (7, 5))   # T4
+    assert pick_precision("auto", torch.device("cuda:0")) == (torch.float16, True)
+    monkeypatch.setattr(torch.cuda, "get_device_capability", lambda device=None: (8, 0))   # A100
+    assert pick_precision("auto", torch.device("cuda:0")) == (torch.bfloat16, False)
+    assert pick_precision("fp16", torch.device("cuda:0")) == (torch.float16, True)
+    assert pick_precision("fp32", torch.device("cuda:0")) == (None, False)
+
+
+def _run(*argv, **kw):
+    return subprocess.run([sys.executable, "stage2_train_dit.py", *argv], cwd=ROOT, capture_output=True, text=True,
+                          timeout=300, **kw)
+
+
+def test_sigterm_writes_a_checkpoint_and_stops(tmp_path, latent_dir):
+    run = tmp_path / "run"
+    proc = subprocess.Popen([sys.executable, "stage2_train_dit.py", *stage2_args(latent_dir, run, steps=100000)],
+                            cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    deadline = time.time() + 120
+    while not (run / "log.jsonl").exists() and time.time() < deadline:
+        time.sleep(0.2)
+    proc.send_signal(signal.SIGTERM)
+    out, err = proc.communicate(timeout=120)
+    assert proc.returncode == 0, err
+    assert "signal SIGTERM" in out
+    step = torch.load(latest_checkpoint(run), weights_only=True)["step"]
+    assert 5 <= step < 100000
+
+
+def test_time_budget_stops_cleanly(tmp_path, latent_dir):
+    r = _run(*stage2_args(latent_dir, tmp_path / "run", "--time_budget", "2s", steps=100000))
+    assert r.returncode == 0, r.stderr
+    assert "time budget reached" in r.stdout and latest_checkpoint(tmp_path / "run")
+
+
+def test_non_finite_loss_stops_with_checkpoint(tmp_path, latent_dir):
+    r = _run(*stage2_args(latent_dir, tmp_path / "run", "train.lr=1e30", "train.max_bad_steps=3", "train.grad_clip=1e30",
+                          steps=200))
+    assert r.returncode == 2, r.stderr
+    assert "non-finite steps in a row" in r.stderr and latest_checkpoint(tmp_path / "run")
+
+
+def test_two_process_gloo_ddp(tmp_path, latent_dir):
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2", "--master_port=29517",
+           "stage2_train_dit.py", *stage2_args(latent_dir, tmp_path / "ddp", steps=10)]
+    r = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=300)
+    assert r.returncode == 0, r.stderr[-2000:]
+    assert "2 process(es), batch 16" in r.stdout
+    ckpt = torch.load(latest_checkpoint(tmp_path / "ddp"), weights_only=True)
+    assert ckpt["step"] == 10 and len(ckpt["rng"]) == 2
+    cmd[-len(stage2_args(latent_dir, tmp_path / "x", steps=10)):] = stage2_args(latent_dir, tmp_path / "odd", steps=10)
+    cmd[cmd.index("--batch_size") + 1] = "15"
+    r = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=300)
+    assert r.returncode != 0 and "not divisible" in r.stderr
+
+
+def test_bad_inputs_exit_2(tmp_path, latent_dir):
+    wrong = tmp_path / "wrong"
+    make_latent_dir(wrong, MEANS)
+    torch.save({"mean": torch.zeros(1, 3, 1, 1), "std": torch.ones(1, 3, 1, 1)}, wrong / "latents_stats.pt")
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    stage2.main(stage2_args(latent_dir, tmp_path / "used", steps=2))
+    cases = [
+        (stage2_args(tmp_path / "missing", tmp_path / "o1"), "no such folder"),
+        (stage2_args(empty, tmp_path / "o2"), "dataset.json"),
+        (stage2_args(wrong, tmp_path / "o3"), "3 channels"),
+        (stage2_args(latent_dir, tmp_path / "o4", "--model", "LightningDiT-Huge/9"), "unknown"),
+        (stage2_args(latent_dir, tmp_path / "used", "train.lr=0.5"), "different config (train.lr)"),
+        (stage2_args(latent_dir, tmp_path / "o5", "--init_from", str(wrong / "latents_stats.pt")), "--init_from"),
+        (stage2_args(latent_dir, tmp_path / "o6", "--max_steps", "-3"), "positive integer"),
+        (stage2_args(latent_dir, tmp_path / "o7", "--time_budget", "soon"), "duration"),
+        (stage2_args(latent_dir, tmp_path / "o8", "--lr", "7"), "(0, 1)"),
+        (stage2_args(latent_dir, tmp_path / "o9", "nokey=1"), "unknown key"),
+    ]
+    for argv, message in cases:
+        r = _run(*argv)
+        assert r.returncode == 2, (argv, r.stderr[-500:])
+        assert message in r.stderr, (message, r.stderr[-500:])
+        assert "Traceback" not in r.stderr
