@@ -239,8 +239,10 @@ def _same_size(rows):
 
 
 def _merge_latents(partial_dir, path):
-    parts = [load_file(p) for p in sorted(glob.glob(os.path.join(partial_dir, "*.safetensors")))]
-    if not parts:
+    """Merge the per-batch latent files (and an earlier latents.safetensors, after a resume) into one file."""
+    files = sorted(glob.glob(os.path.join(partial_dir, "*.safetensors")))
+    parts = [load_file(p) for p in ([path] if os.path.isfile(path) else []) + files]
+    if not files:
         return
     merged = {k: torch.cat([p[k] for p in parts]) for k in parts[0]}
     order = torch.argsort(merged["labels"] * 10_000_000 + merged["index"])
@@ -251,3 +253,4 @@ def _merge_latents(partial_dir, path):
     keep[1:] = key[1:] != key[:-1]
     with atomic_path(path) as tmp:
         save_file({k: v[keep].contiguous() for k, v in merged.items()}, tmp)
+    shutil.rmtree(partial_dir)

@@ -1,0 +1,83 @@
+"""Evaluation metrics where the truth is known."""
+
+import os
+import random
+import shutil
+
+import numpy as np
+import pytest
+
+import pipeline.evaluate as ev
+from pipeline.images import find_classes, split_indices
+from pipeline.simulate import simulate_dataset
+
+
+@pytest.fixture(scope="module")
+def real(tmp_path_factory):
+    base = tmp_path_factory.mktemp("eval")
+    simulate_dataset(base / "real", 24, size=64, seed=11)
+    classes = find_classes(str(base / "real"))
+    names = list(classes)
+    files = [p for n in names for p in classes[n]]
+    labels = [c for c, n in enumerate(names) for _ in classes[n]]
+    split = split_indices(labels, 0.2, 0)   # the split evaluate() makes of a folder tree (seed 0)
+    return base, names, files, labels, split
+
+
+@pytest.fixture(autouse=True)
+def cache(tmp_path, monkeypatch):
+    monkeypatch.setattr(ev, "CACHE_DIR", str(tmp_path / "cache"))
+
+
+def _tree(root, items):
+    for name, path in items:
+        os.makedirs(root / name, exist_ok=True)
+        shutil.copy(path, root / name / os.path.basename(path))
+    return root
+
+
+def test_held_out_as_generated_scores_perfectly(tmp_path, real):
+    base, names, files, labels, split = real
+    gen = _tree(tmp_path / "gen", [(names[l], f) for f, l, s in zip(files, labels, split) if s])
+    r = ev.evaluate(str(base / "real"), str(gen), str(tmp_path / "eval.json"))
+    assert r["fd_classifier"] < 1e-3
+    assert r["precision"] == 1.0 and r["recall"] == 1.0
+    assert r["real_accuracy"] >= 0.8 and r["generated_accuracy"] == r["real_accuracy"]
+    assert r["memorisation_fraction"] < 0.2
+    for key in ("tstr_accuracy", "real_only_accuracy", "augmented_accuracy", "num_real", "num_generated", "per_class"):
+        assert key in r
+    assert (tmp_path / "eval.png").is_file() and (tmp_path / "memorisation.png").is_file()
+
+
+def test_copies_of_training_images_are_flagged(tmp_path, real):
+    base, names, files, labels, split = real
+    gen = _tree(tmp_path / "gen", [(names[l], f) for f, l, s in zip(files, labels, split) if not s][:40])
+    r = ev.evaluate(str(base / "real"), str(gen), str(tmp_path / "eval.json"))
+    assert r["memorisation_fraction"] == 1.0
+
+
+def test_shuffled_class_folders_give_chance_accuracy(tmp_path, real):
+    base, names, files, labels, split = real
+    rng = random.Random(0)
+    gen = _tree(tmp_path / "gen", [(rng.choice(names), f) for f in files])
+    r = ev.evaluate(str(base / "real"), str(gen), str(tmp_path / "eval.json"))
+    assert r["real_accuracy"] >= 0.8
+    assert r["generated_accuracy"] < 0.4   # chance is 0.2 with five classes
+
+
+def test_missing_class_lowers_its_recall(tmp_path, real):
+    base, names, files, labels, split = real
+    gen = _tree(tmp_path / "gen", [(names[l], f) for f, l, s in zip(files, labels, split) if s and l != 0])
+    r = ev.evaluate(str(base / "real"), str(gen), str(tmp_path / "eval.json"))
+    assert r["per_class"][names[0]]["recall"] == 0.0
+    assert min(r["per_class"][n]["recall"] for n in names[1:]) > 0.5
+    assert r["recall"] < 0.9
+
+
+def test_frechet_distance_matches_closed_form():
+    rng = np.random.default_rng(0)
+    import torch
+    a = torch.tensor(rng.standard_normal((4000, 3)))
+    b = torch.tensor(rng.standard_normal((4000, 3)) * 2 + 1)
+    # N(0, I) vs N(1, 4I): |mu|^2 = 3, trace term = 3 * (1 + 4 - 2*2) = 3
+    assert abs(ev.frechet_distance(a, b) - 6.0) < 0.4

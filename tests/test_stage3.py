@@ -1,0 +1,106 @@
+"""Stage 3: reproducibility, resume, colour mode, safe names, manifest, class means, bad input."""
+
+import json
+import os
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+from safetensors.torch import load_file
+
+import stage2_train_dit as stage2
+import stage3_inference as stage3
+from pipeline.common import UsageError
+from pipeline.train import latest_checkpoint
+from tests.helpers import make_latent_dir, make_tiny_vavae_checkpoint, stage2_args
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+NAMES = ["walk/fast", "../up"]
+MEANS = [torch.tensor([-1.5, 1.0, 0.0, 0.5]).view(4, 1, 1), torch.tensor([1.5, -1.0, 0.5, 0.0]).view(4, 1, 1)]
+
+
+@pytest.fixture(scope="module")
+def run_dir(tmp_path_factory):
+    base = tmp_path_factory.mktemp("s3")
+    make_latent_dir(base / "latents", MEANS, class_names=NAMES)
+    stage2.main(stage2_args(base / "latents", base / "run", "train.lr=2e-3", "train.ema_decay=0.99", steps=300))
+    return base / "run"
+
+
+def gen(run_dir, out, *extra):
+    # 4-channel latents: the demo tokenizer built with 4 channels decodes them (f16, 64x64 images)
+    stage3.main(["--checkpoint", str(run_dir), "--vavae_path", "demo", "--output_dir", str(out), "--num_per_class", "5",
+                 "--steps", "8", "--device", "cpu", "--precision", "fp32", *extra])
+    return json.loads((out / "samples.json").read_text())
+
+
+def _pixels(folder):
+    return {p: np.asarray(Image.open(os.path.join(folder, p))) for p in sorted(os.listdir(folder))}
+
+
+def test_safe_names_gray_output_and_manifest(tmp_path, run_dir):
+    manifest = gen(run_dir, tmp_path / "out", "--save_latents", "--archive", "tar")
+    folders = sorted(p for p in os.listdir(tmp_path / "out") if (tmp_path / "out" / p).is_dir())
+    assert folders == ["_up", "walk_fast"]  # no separators, no '..'
+    img = Image.open(tmp_path / "out" / "walk_fast" / "walk_fast_00000.png")
+    assert img.mode == "L" and img.size == (64, 64)
+    assert manifest["complete"] and manifest["settings"]["num_steps"] == 8
+    assert {"checkpoint", "step", "seed", "cfg_scale", "cfg_interval_start", "timestep_shift", "method",
+            "stats_source"} <= set(manifest["settings"])
+    assert manifest["images"]["walk/fast"][0]["seed"] != manifest["images"]["walk/fast"][1]["seed"]
+    assert (tmp_path / "out" / "grid.png").is_file() and (tmp_path / "out" / "generated.tar").is_file()
+    lat = load_file(tmp_path / "out" / "latents.safetensors")
+    assert lat["latents"].shape == (10, 4, 4, 4)
+
+
+def test_samples_near_training_class_means(tmp_path, run_dir):
+    gen(run_dir, tmp_path / "out", "--save_latents", "--cfg_scale", "1.0", "--steps", "20")
+    lat = load_file(tmp_path / "out" / "latents.safetensors")
+    for c, mean in enumerate(MEANS):
+        got = lat["latents"][lat["labels"] == c].mean(dim=(0, 2, 3))
+        assert (got - mean.flatten()).abs().max() < 0.35, (c, got)
+
+
+def test_reproducible_across_batch_sizes_and_resume(tmp_path, run_dir):
+    gen(run_dir, tmp_path / "a", "--batch_size", "1")
+    gen(run_dir, tmp_path / "b", "--batch_size", "7")
+    a, b = _pixels(tmp_path / "a" / "_up"), _pixels(tmp_path / "b" / "_up")
+    assert a.keys() == b.keys()
+    for k in a:
+        assert np.abs(a[k].astype(int) - b[k].astype(int)).max() <= 1, k
+    # interrupted run: some images missing -> a rerun writes exactly those, identical to before
+    os.unlink(tmp_path / "b" / "_up" / "_up_00003.png")
+    os.unlink(tmp_path / "b" / "walk_fast" / "walk_fast_00000.png")
+    manifest = gen(run_dir, tmp_path / "b", "--batch_size", "7")
+    assert manifest["generated_this_run"] == 2
+    assert np.abs(_pixels(tmp_path / "b" / "_up")["_up_00003.png"].astype(int) - a["_up_00003.png"]).max() <= 1
+
+
+def test_original_size_and_classes_subset(tmp_path, run_dir):
+    manifest = gen(run_dir, tmp_path / "o", "--original_size", "--classes", "1")
+    assert list(manifest["classes"]) == ["../up"]
+    assert Image.open(tmp_path / "o" / "_up" / "_up_00000.png").size == (40, 30)
+
+
+def test_bad_input(tmp_path, run_dir):
+    gen(run_dir, tmp_path / "out")
+    with pytest.raises(UsageError, match="other settings"):
+        gen(run_dir, tmp_path / "out", "--cfg_scale", "3")
+    gen(run_dir, tmp_path / "out", "--cfg_scale", "3", "--overwrite")
+    with pytest.raises(UsageError, match="unknown class"):
+        gen(run_dir, tmp_path / "o2", "--classes", "swim")
+    tok, _ = make_tiny_vavae_checkpoint(tmp_path / "tok.pt")
+    r = subprocess.run([sys.executable, "stage3_inference.py", "--checkpoint", str(run_dir), "--vavae_path", str(tok),
+                        "--output_dir", str(tmp_path / "o3")], cwd=ROOT, capture_output=True, text=True)
+    assert r.returncode == 2 and "32 latent channels, expected 4" in r.stderr
+    torch.save({"something": torch.zeros(2)}, tmp_path / "notours.pt")
+    for ckpt, message in ((tmp_path / "nope", "no such file"), (tmp_path / "notours.pt", "not a stage 2 checkpoint")):
+        r = subprocess.run([sys.executable, "stage3_inference.py", "--checkpoint", str(ckpt), "--vavae_path", "demo",
+                            "--output_dir", str(tmp_path / "o4")], cwd=ROOT, capture_output=True, text=True)
+        assert r.returncode == 2 and message in r.stderr, r.stderr
+    r = subprocess.run([sys.executable, "stage3_inference.py", "--checkpoint", str(run_dir), "--steps", "0"],
+                       cwd=ROOT, capture_output=True, text=True)
+    assert r.returncode == 2 and "positive integer" in r.stderr
