@@ -26,7 +26,7 @@ def run_cli(main):
         print(f"error: {e}", file=sys.stderr)
         sys.exit(2)
     except OSError as e:
-        if e.errno in (28, 13, 30):  # ENOSPC, EACCES, EROFS: say so plainly; earlier outputs are intact (atomic writes)
+        if e.errno in (28, 13, 30, 20, 21):  # ENOSPC, EACCES, EROFS, ENOTDIR, EISDIR: earlier outputs are intact
             print(f"error: cannot write {e.filename or ''}: {e.strerror}; free space or choose another output dir "
                   f"(files written before are intact)", file=sys.stderr)
             sys.exit(2)

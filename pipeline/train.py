@@ -288,6 +288,9 @@ def train(cfg, args):
     try:
         if rank == 0:
             with run_lock(args.output_dir):
+                # temp files of checkpoint writes that a killed run left behind are never read; remove them
+                for stale in glob.glob(os.path.join(args.output_dir, "checkpoints", ".tmp_*")):
+                    os.unlink(stale)
                 return _train(cfg, args, rank, world, local_rank)
         return _train(cfg, args, rank, world, local_rank)
     finally:
@@ -323,7 +326,15 @@ def _train(cfg, args, rank, world, local_rank):
             ckpt = load_dit_checkpoint(resume_path, trust=args.trust_checkpoint)
         except CheckpointError as e:
             raise UsageError(f"cannot resume: {e}") from None
-        init_stats = ckpt.get("init_stats") and {k: v for k, v in ckpt["init_stats"].items()}
+        missing = [k for k in ("model", "ema", "opt", "scaler", "step", "stats", "classes", "latent_shape") if k not in ckpt]
+        if missing:
+            raise UsageError(f"cannot resume from {resume_path}: not a stage 2 checkpoint (no {', '.join(missing)}); "
+                             f"to start from other weights use --init_from")
+        if list(ckpt["latent_shape"]) != latent_shape or ckpt["classes"] != classes:
+            raise UsageError(f"--latent_dir {args.latent_dir}: latents {latent_shape} of classes {classes} do not match "
+                             f"the run being resumed ({ckpt['latent_shape']}, {ckpt['classes']}): another tokenizer "
+                             f"or data set; use a new --output_dir")
+        init_stats = ckpt.get("init_stats")
     if ckpt is not None:
         stats, stats_source = {"mean": ckpt["stats"]["mean"], "std": ckpt["stats"]["std"]}, ckpt["stats"]["source"]
     else:
@@ -361,6 +372,8 @@ def _train(cfg, args, rank, world, local_rank):
             log(f"resume with {world} processes instead of {len(rng)}: random streams are re-seeded")
             torch.manual_seed(cfg["seed"] * 7919 + step * 31 + rank)
         log(f"resumed from {resume_path} at step {step}")
+    if rank == 0:
+        _truncate_log(os.path.join(args.output_dir, "log.jsonl"), step)
     train_model = torch.compile(model) if tcfg["compile"] else model
     if world > 1:
         train_model = nn.parallel.DistributedDataParallel(train_model, device_ids=[local_rank] if fused else None)
@@ -480,6 +493,13 @@ def _train(cfg, args, rank, world, local_rank):
         raise UsageError(f"training stopped at step {step}: {stop_reason} (checkpoint saved); lower --lr or check the "
                          f"latents")
     return dict(step=step, stopped=stop_reason, run_dir=args.output_dir, stats_source=stats_source)
+
+
+def _truncate_log(path, step):
+    """Drop log rows of steps an interrupted run did past its last checkpoint (all of them on a fresh start)."""
+    if os.path.isfile(path):
+        rows = [line for line in open(path) if line.strip() and json.loads(line)["step"] <= step]
+        write_text_atomic(path, "".join(rows))
 
 
 def _stop_reason(stop, budget, t_start, world):
