@@ -78,27 +78,30 @@ def run(args):
         torch.cuda.reset_peak_memory_stats(device)
 
     def step(i, timed):
+        """One training step as the loop runs it; with `timed`, synchronised time marks between phases."""
         marks = [time.perf_counter()]
+
+        def lap():
+            if timed:
+                sync(device)
+                marks.append(time.perf_counter())
+
         idx = batch_indices(0, i, 0, len(latents), args.batch_size).to(device, non_blocking=True)
         x1, y = latents[idx], labels[idx]
-        if timed:
-            sync(device); marks.append(time.perf_counter())
+        lap()
         with autocast(device, dtype):
             losses = training_losses(fwd, x1, y)
         loss = (losses["mse"] + losses["cos"]).mean()
-        if timed:
-            sync(device); marks.append(time.perf_counter())
+        lap()
         opt.zero_grad(set_to_none=True)
         scaler.scale(loss).backward()
-        if timed:
-            sync(device); marks.append(time.perf_counter())
+        lap()
         scaler.unscale_(opt)
         torch.nn.utils.clip_grad_norm_(params, 1.0)
         scaler.step(opt)
         scaler.update()
         ema_update(ema, model, ema_decay_at(i, 0.9999))
-        if timed:
-            sync(device); marks.append(time.perf_counter())
+        lap()
         return marks
 
     for i in range(args.warmup):

@@ -145,7 +145,7 @@ def safe_torch_load(path, trust=False, trust_flag="--trust_checkpoint"):
     # Tier 2: weights_only refused a global; load with the restricted unpickler.
     try:
         obj = torch.load(path, map_location="cpu", weights_only=False, pickle_module=_RestrictedPickleModule)
-    except Exception as e:  # noqa: BLE001
+    except Exception:  # noqa: BLE001
         raise CheckpointError(f"{path}: cannot be loaded safely ({_first_line(first_error)}); "
                               f"if you trust its source, pass {trust_flag}") from None
     obj = strip_to_tensors(obj)

@@ -6,7 +6,6 @@ along t. We compute this data's exact channel mean/std (float64, every image) an
 statistics on this data by the KL divergence between each normalised channel and N(0, 1).
 """
 
-import math
 import os
 
 import torch
@@ -134,7 +133,3 @@ def ssim(a, b, window=7):
     c1, c2 = 0.01 ** 2, 0.03 ** 2
     s = ((2 * mu_a * mu_b + c1) * (2 * cov + c2)) / ((mu_a ** 2 + mu_b ** 2 + c1) * (var_a + var_b + c2))
     return s.flatten(1).mean(1)
-
-
-def kl_summary(value):
-    return "n/a" if value is None or math.isnan(value) else f"{value:.4f}"

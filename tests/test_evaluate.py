@@ -38,7 +38,7 @@ def _tree(root, items):
 
 def test_held_out_as_generated_scores_perfectly(tmp_path, real):
     base, names, files, labels, split = real
-    gen = _tree(tmp_path / "gen", [(names[l], f) for f, l, s in zip(files, labels, split) if s])
+    gen = _tree(tmp_path / "gen", [(names[lab], f) for f, lab, s in zip(files, labels, split) if s])
     r = ev.evaluate(str(base / "real"), str(gen), str(tmp_path / "eval.json"))
     assert r["fd_classifier"] < 1e-3
     assert r["precision"] == 1.0 and r["recall"] == 1.0
@@ -51,7 +51,7 @@ def test_held_out_as_generated_scores_perfectly(tmp_path, real):
 
 def test_copies_of_training_images_are_flagged(tmp_path, real):
     base, names, files, labels, split = real
-    gen = _tree(tmp_path / "gen", [(names[l], f) for f, l, s in zip(files, labels, split) if not s][:40])
+    gen = _tree(tmp_path / "gen", [(names[lab], f) for f, lab, s in zip(files, labels, split) if not s][:40])
     r = ev.evaluate(str(base / "real"), str(gen), str(tmp_path / "eval.json"))
     assert r["memorisation_fraction"] == 1.0
 
@@ -67,7 +67,7 @@ def test_shuffled_class_folders_give_chance_accuracy(tmp_path, real):
 
 def test_missing_class_lowers_its_recall(tmp_path, real):
     base, names, files, labels, split = real
-    gen = _tree(tmp_path / "gen", [(names[l], f) for f, l, s in zip(files, labels, split) if s and l != 0])
+    gen = _tree(tmp_path / "gen", [(names[lab], f) for f, lab, s in zip(files, labels, split) if s and lab != 0])
     r = ev.evaluate(str(base / "real"), str(gen), str(tmp_path / "eval.json"))
     assert r["per_class"][names[0]]["recall"] == 0.0
     assert min(r["per_class"][n]["recall"] for n in names[1:]) > 0.5

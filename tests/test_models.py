@@ -1,9 +1,7 @@
 """models/: checkpoint compatibility, loaders, DiT behaviour and the transport maths."""
 
 import json
-import os
 import pickle
-from pathlib import Path
 
 import pytest
 import torch

@@ -14,7 +14,6 @@ from safetensors.torch import load_file
 import stage2_train_dit as stage2
 import stage3_inference as stage3
 from pipeline.common import UsageError
-from pipeline.train import latest_checkpoint
 from tests.helpers import make_latent_dir, make_tiny_vavae_checkpoint, stage2_args
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
