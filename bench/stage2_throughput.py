@@ -24,7 +24,7 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 from models.lightningdit import RELEASE_FLAGS, LightningDiT_models, model_arch  # noqa: E402
 from models.transport import training_losses  # noqa: E402
 from pipeline.common import autocast, pick_device, pick_precision  # noqa: E402
-from pipeline.train import batch_indices, ema_decay_at, ema_update  # noqa: E402
+from pipeline.train import batch_indices, ema_decay_at, ema_update, make_optimizer  # noqa: E402
 
 
 def train_flops_per_image(name, input_size=16, channels=32):
@@ -68,7 +68,7 @@ def run(args):
     ema = LightningDiT_models[args.model](input_size=16, in_channels=32, num_classes=10, **RELEASE_FLAGS).to(device)
     ema.requires_grad_(False)
     params = [p for p in model.parameters() if p.requires_grad]
-    opt = torch.optim.AdamW(params, lr=2e-4, betas=(0.9, 0.95), weight_decay=0, fused=device.type == "cuda")
+    opt = make_optimizer(params, dict(lr=2e-4, beta1=0.9, beta2=0.95, weight_decay=0.0))
     scaler = torch.amp.GradScaler(device.type, init_scale=2.0 ** 16 if dtype == torch.float16 else 1.0,
                                   growth_interval=2000 if dtype == torch.float16 else 2 ** 30)
     fwd = torch.compile(model) if args.compile else model
