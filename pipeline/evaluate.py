@@ -225,6 +225,18 @@ def memorisation(gen, train):
     return nearest / spacing[which], which
 
 
+@torch.no_grad()
+def latent_features(tokenizer, x, size=128, chunk=32):
+    """Tokenizer-space features: images (N, 3, 64, 64) in [0, 1], resized to `size`, encoded (posterior
+    mean), then each channel's spatial mean and std: (N, 2C)."""
+    feats = []
+    for part in x.split(chunk):
+        part = F.interpolate(part, size=(size, size), mode="bilinear", align_corners=False) * 2 - 1
+        z = tokenizer.encode(part).mean.float()
+        feats.append(torch.cat([z.mean(dim=(2, 3)), z.std(dim=(2, 3))], dim=1))
+    return torch.cat(feats)
+
+
 def spectrogram_statistics(real, gen):
     """Mean Doppler profile (rows) L1 distance and energy histogram total-variation distance."""
     pr = real.mean(dim=(0, 1, 3))
@@ -239,8 +251,9 @@ def spectrogram_statistics(real, gen):
 #                                  Report
 # --------------------------------------------------------------------------------
 
-def evaluate(real, generated, out, seed=0):
-    """Compute every metric; write `out` (eval.json), eval.png and memorisation.png beside it."""
+def evaluate(real, generated, out, seed=0, vavae_path=None):
+    """Compute every metric; write `out` (eval.json), eval.png and memorisation.png beside it. With a
+    tokenizer (`vavae_path`), Fréchet distance and precision/recall are also computed in its latent space."""
     names, x_train, y_train, x_held, y_held = load_real(real, seed)
     x_gen, y_gen = load_generated(generated, names)
     if len(x_held) == 0:
@@ -265,6 +278,13 @@ def evaluate(real, generated, out, seed=0):
         memorisation_threshold=MEMORISATION_THRESHOLD,
         num_real=int(len(x_held)), num_real_train=int(len(x_train)), num_generated=int(len(x_gen)),
         **spectrogram_statistics(x_held, x_gen), per_class={})
+    z_held = z_gen = None
+    if vavae_path:
+        from models.vavae import load_vavae
+        tokenizer = load_vavae(vavae_path)
+        z_held, z_gen = latent_features(tokenizer, x_held), latent_features(tokenizer, x_gen)
+        result["fd_latent"] = frechet_distance(z_held, z_gen)
+        result["precision_latent"], result["recall_latent"] = knn_precision_recall(z_held, z_gen)
     for c, name in enumerate(names):
         held, gen = y_held == c, y_gen == c
         p_c, r_c = knn_precision_recall(f_held[held], f_gen[gen])
@@ -277,6 +297,8 @@ def evaluate(real, generated, out, seed=0):
             memorisation_fraction=float((ratio[gen] < MEMORISATION_THRESHOLD).float().mean()) if gen.any() else float("nan"),
             num_real=int(held.sum()), num_generated=int(gen.sum()),
             **(spectrogram_statistics(x_held[held], x_gen[gen]) if gen.any() and held.any() else {}))
+        if z_held is not None:
+            result["per_class"][name]["fd_latent"] = frechet_distance(z_held[held], z_gen[gen])
     out_dir = os.path.dirname(os.path.abspath(out))
     write_json_atomic(out, _json_safe(result))
     _summary_plot(result, os.path.join(out_dir, "eval.png"))
@@ -321,7 +343,8 @@ def evaluate_run(manifest, args):
     if not latent_dir or not os.path.isdir(latent_dir):
         raise UsageError(f"--eval: the run's latent dir ({latent_dir}) is not on this machine; run "
                          f"python -m pipeline.evaluate --real IMAGES --generated {args.output_dir} --out eval.json")
-    return evaluate(latent_dir, args.output_dir, os.path.join(args.output_dir, "eval.json"), seed=args.seed)
+    return evaluate(latent_dir, args.output_dir, os.path.join(args.output_dir, "eval.json"), seed=args.seed,
+                    vavae_path=args.vavae_path)
 
 
 def main(argv=None):
@@ -332,10 +355,11 @@ def main(argv=None):
     p.add_argument("--generated", required=True, help="class-folder tree (stage 3 output)")
     p.add_argument("--out", default="eval.json")
     p.add_argument("--seed", type=nonnegative_int, default=0)
+    p.add_argument("--vavae_path", default=None, help="also compare in this tokenizer's latent space ('demo' works)")
     args = p.parse_args(argv)
 
     def run():
-        r = evaluate(args.real, args.generated, args.out, args.seed)
+        r = evaluate(args.real, args.generated, args.out, args.seed, args.vavae_path)
         print(json.dumps({k: v for k, v in _json_safe(r).items() if k != "per_class"}, indent=1))
     run_cli(run)
 

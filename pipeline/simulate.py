@@ -208,8 +208,10 @@ def to_image(power_db, size, dynamic_range_db=50.0, colormap=None):
 #                                 Data sets
 # --------------------------------------------------------------------------------
 
-def draw_subject(activity, rng):
-    """Random speed, height, gait phase, aspect angle, range and SNR for one recording of `activity`."""
+def draw_subject(activity, rng, min_range=4.0):
+    """Random speed, height, gait phase, aspect angle, range and SNR for one recording of `activity`.
+    The start range is min_range + U(0, 6) m plus the distance walked in 3 s, so the subject never
+    reaches the radar during the recording."""
     height = rng.uniform(1.55, 1.95)
     speed, gait = {
         "walking": (rng.uniform(0.9, 1.6), None),
@@ -223,11 +225,12 @@ def draw_subject(activity, rng):
         gait = speed / stride
     return Subject(activity=activity, speed=speed, height=height, gait_hz=gait, phase=rng.uniform(0, 2 * np.pi),
                    aspect_deg=rng.uniform(-35, 35),
-                   start_range=rng.uniform(4, 10) + speed * 3.0,  # never reaches the radar
+                   start_range=min_range + rng.uniform(0, 6) + speed * 3.0,
                    snr_db=rng.uniform(15, 35))
 
 
-def simulate_dataset(out, per_class, size=128, seed=0, colormap=None, activities=ACTIVITIES, radar=Radar()):
+def simulate_dataset(out, per_class, size=128, seed=0, colormap=None, activities=ACTIVITIES, radar=Radar(),
+                     min_range=4.0):
     """Write out/<activity>/<activity>_NNNNN.png; sample i of class c depends only on (seed, c, i)."""
     size = (size, size) if np.isscalar(size) else tuple(size)
     for c, activity in enumerate(activities):
@@ -235,7 +238,7 @@ def simulate_dataset(out, per_class, size=128, seed=0, colormap=None, activities
         os.makedirs(folder, exist_ok=True)
         for i in range(per_class):
             rng = np.random.default_rng([seed, c, i])
-            subject = draw_subject(activity, rng)
+            subject = draw_subject(activity, rng, min_range)
             img = to_image(spectrogram_db(radar_return(subject, radar, rng), radar), size, radar.dynamic_range_db,
                            colormap)
             img.save(os.path.join(folder, f"{activity}_{i:05d}.png"))
@@ -252,10 +255,11 @@ def main(argv=None):
     p.add_argument("--fc", type=float, default=Radar.fc, help="carrier frequency, Hz")
     p.add_argument("--prf", type=float, default=Radar.prf, help="pulse repetition frequency, Hz")
     p.add_argument("--duration", type=float, default=Radar.duration, help="seconds per spectrogram")
+    p.add_argument("--min_range", type=float, default=4.0, help="closest start distance to the radar, m")
     args = p.parse_args(argv)
     radar = Radar(fc=args.fc, prf=args.prf, duration=args.duration)
     simulate_dataset(args.out, args.per_class, args.size, args.seed,
-                     None if args.colormap == "gray" else args.colormap, radar=radar)
+                     None if args.colormap == "gray" else args.colormap, radar=radar, min_range=args.min_range)
     print(f"wrote {args.per_class} x {len(ACTIVITIES)} spectrograms ({', '.join(ACTIVITIES)}) to {args.out}")
 
 

@@ -39,8 +39,9 @@ def _tree(root, items):
 def test_held_out_as_generated_scores_perfectly(tmp_path, real):
     base, names, files, labels, split = real
     gen = _tree(tmp_path / "gen", [(names[lab], f) for f, lab, s in zip(files, labels, split) if s])
-    r = ev.evaluate(str(base / "real"), str(gen), str(tmp_path / "eval.json"))
-    assert r["fd_classifier"] < 1e-3
+    r = ev.evaluate(str(base / "real"), str(gen), str(tmp_path / "eval.json"), vavae_path="demo")
+    assert r["fd_classifier"] < 1e-3 and r["fd_latent"] < 1e-3
+    assert r["precision_latent"] == 1.0 and r["recall_latent"] == 1.0
     assert r["precision"] == 1.0 and r["recall"] == 1.0
     assert r["real_accuracy"] >= 0.8 and r["generated_accuracy"] == r["real_accuracy"]
     assert r["memorisation_fraction"] < 0.2
@@ -68,10 +69,26 @@ def test_shuffled_class_folders_give_chance_accuracy(tmp_path, real):
 def test_missing_class_lowers_its_recall(tmp_path, real):
     base, names, files, labels, split = real
     gen = _tree(tmp_path / "gen", [(names[lab], f) for f, lab, s in zip(files, labels, split) if s and lab != 0])
-    r = ev.evaluate(str(base / "real"), str(gen), str(tmp_path / "eval.json"))
+    r = ev.evaluate(str(base / "real"), str(gen), str(tmp_path / "eval.json"), vavae_path="demo")
     assert r["per_class"][names[0]]["recall"] == 0.0
+    assert r["recall_latent"] < 1.0 and r["fd_latent"] > 0.01   # 1.0 and ~0 with every class present
     assert min(r["per_class"][n]["recall"] for n in names[1:]) > 0.5
     assert r["recall"] < 0.9
+
+
+def test_deterministic_for_a_fixed_seed_and_stage1_dir_as_real(tmp_path, real):
+    base, names, files, labels, split = real
+    import stage1_extract_features as stage1
+    stage1.main(["--data_dir", str(base / "real"), "--vavae_path", "demo", "--output_dir", str(tmp_path / "lat"),
+                 "--image_size", "64", "--num_workers", "0", "--val_fraction", "0.25", "--recon_images", "0"])
+    info = __import__("json").loads((tmp_path / "lat" / "dataset.json").read_text())
+    assert sum(c["heldout"] for c in info["classes"]) == 30
+    gen = _tree(tmp_path / "gen", [(names[lab], f) for f, lab in zip(files, labels)][::4])
+    a = ev.evaluate(str(tmp_path / "lat"), str(gen), str(tmp_path / "a.json"), seed=1)
+    ev.CACHE_DIR = str(tmp_path / "other_cache")   # no cache: the classifier is retrained, same result
+    b = ev.evaluate(str(tmp_path / "lat"), str(gen), str(tmp_path / "b.json"), seed=1)
+    assert a["num_real"] == 30 and a["num_real_train"] == 90
+    assert (tmp_path / "a.json").read_text() == (tmp_path / "b.json").read_text()
 
 
 def test_frechet_distance_matches_closed_form():

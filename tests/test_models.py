@@ -339,3 +339,12 @@ def test_guidance_on_all_channels_with_interval():
     # t = 0, 0.25 unguided (v = c), t = 0.5, 0.75 guided (v = 3c): x = 0.25*(1+1+3+3) c
     torch.testing.assert_close(out, (2.0 * channel).expand_as(out))
     assert model.batches == [2, 2, 4, 4]
+
+
+def test_block_traces_without_graph_breaks():
+    import torch._dynamo as dynamo
+    model = _tiny_dit(use_qknorm=True).eval()
+    x = model.x_embedder(torch.randn(2, 4, 8, 8))
+    c = model.t_embedder(torch.rand(2)) + model.y_embedder(torch.tensor([0, 1]), False)
+    explanation = dynamo.explain(model.blocks[0])(x, c, model.feat_rope)
+    assert explanation.graph_break_count == 0, explanation.break_reasons

@@ -170,3 +170,14 @@ def test_bad_inputs_exit_2(tmp_path, latent_dir):
         assert r.returncode == 2, (argv, r.stderr[-500:])
         assert message in r.stderr, (message, r.stderr[-500:])
         assert "Traceback" not in r.stderr
+
+
+def test_single_class_trains_unconditionally(tmp_path):
+    make_latent_dir(tmp_path / "one", MEANS[:1])
+    stage2.main(stage2_args(tmp_path / "one", tmp_path / "run", steps=4))
+    ckpt = _weights(tmp_path / "run")
+    assert ckpt["model_config"]["class_dropout_prob"] == 0.0
+    assert ckpt["model"]["y_embedder.embedding_table.weight"].shape[0] == 1   # no null row: nothing to guide
+    model, _ = load_run(latest_checkpoint(tmp_path / "run"))
+    sampling = dict(num_steps=2, method="euler", cfg_scale=1.0, cfg_interval_start=0.0, timestep_shift=0.0)
+    assert sample_latents(model, [0, 0], [1, 2], [4, 4, 4], sampling, torch.device("cpu")).shape == (2, 4, 4, 4)

@@ -103,3 +103,17 @@ def test_bad_input(tmp_path, run_dir):
     r = subprocess.run([sys.executable, "stage3_inference.py", "--checkpoint", str(run_dir), "--steps", "0"],
                        cwd=ROOT, capture_output=True, text=True)
     assert r.returncode == 2 and "positive integer" in r.stderr
+
+
+def test_two_ranks_split_the_work_and_match_one_process(tmp_path, run_dir):
+    gen(run_dir, tmp_path / "one")
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2", "--master_port=29519",
+           "stage3_inference.py", "--checkpoint", str(run_dir), "--vavae_path", "demo", "--output_dir",
+           str(tmp_path / "two"), "--num_per_class", "5", "--steps", "8", "--device", "cpu", "--precision", "fp32"]
+    r = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=300)
+    assert r.returncode == 0, r.stderr[-1500:]
+    for folder in ("_up", "walk_fast"):
+        a, b = _pixels(tmp_path / "one" / folder), _pixels(tmp_path / "two" / folder)
+        assert a.keys() == b.keys() and len(a) == 5
+        assert all(np.abs(a[k].astype(int) - b[k].astype(int)).max() <= 1 for k in a)
+    assert json.loads((tmp_path / "two" / "samples.json").read_text())["complete"]
