@@ -4,7 +4,7 @@
 set -euo pipefail
 cd "$(dirname "$0")"
 OUT=${OUT:-demo_output}
-PY=${PYTHON:-python}
+PY=${PYTHON:-$(command -v python || command -v python3)}
 rm -rf "$OUT"
 echo "== 1/4 simulate 5 activities x 120 spectrograms"
 $PY -m pipeline.simulate --out "$OUT/data" --per_class 120 --size 128 --seed 0

@@ -8,6 +8,8 @@ import torch
 from models.vavae import AutoencoderKL
 
 REFERENCE_DIR = Path(__file__).parent / "reference"  # copies of ../shared/reference (key names and shapes)
+# Two classes with known latent means (per channel), used by the stage 2/3 and fault tests.
+MEANS = [torch.tensor([-1.5, 1.0, 0.0, 0.5]).view(4, 1, 1), torch.tensor([1.5, -1.0, 0.5, 0.0]).view(4, 1, 1)]
 TINY_VAVAE = dict(embed_dim=32, ch_mult=(1, 1, 1, 1, 1), ch=32, num_res_blocks=1, attn_resolutions=(16,))
 
 

@@ -86,7 +86,7 @@ def test_deterministic_for_a_fixed_seed_and_stage1_dir_as_real(tmp_path, real):
     gen = _tree(tmp_path / "gen", [(names[lab], f) for f, lab in zip(files, labels)][::4])
     a = ev.evaluate(str(tmp_path / "lat"), str(gen), str(tmp_path / "a.json"), seed=1)
     ev.CACHE_DIR = str(tmp_path / "other_cache")   # no cache: the classifier is retrained, same result
-    b = ev.evaluate(str(tmp_path / "lat"), str(gen), str(tmp_path / "b.json"), seed=1)
+    ev.evaluate(str(tmp_path / "lat"), str(gen), str(tmp_path / "b.json"), seed=1)
     assert a["num_real"] == 30 and a["num_real_train"] == 90
     assert (tmp_path / "a.json").read_text() == (tmp_path / "b.json").read_text()
 

@@ -22,18 +22,11 @@ import stage3_inference as stage3
 from pipeline.common import UsageError
 from pipeline.latents import list_shards, load_latents, shard_path, write_shard
 from pipeline.train import latest_checkpoint
-from tests.helpers import Payload, make_latent_dir, stage2_args
+from tests.helpers import MEANS, Payload, make_latent_dir, stage2_args
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-MEANS = [torch.full((4, 1, 1), -1.0), torch.full((4, 1, 1), 1.0)]
 PY = sys.executable
 
-
-@pytest.fixture(scope="module")
-def latent_dir(tmp_path_factory):
-    path = tmp_path_factory.mktemp("latents")
-    make_latent_dir(path, MEANS)
-    return path
 
 
 def _weights(run_dir):

@@ -15,17 +15,10 @@ from pipeline.common import UsageError, pick_precision
 from pipeline.generate import denormalise, sample_latents
 from pipeline.inference import load_run
 from pipeline.train import latest_checkpoint
-from tests.helpers import make_latent_dir, stage2_args
+from tests.helpers import MEANS, make_latent_dir, stage2_args
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-MEANS = [torch.tensor([-1.5, 1.0, 0.0, 0.5]).view(4, 1, 1), torch.tensor([1.5, -1.0, 0.5, 0.0]).view(4, 1, 1)]
 
-
-@pytest.fixture(scope="module")
-def latent_dir(tmp_path_factory):
-    path = tmp_path_factory.mktemp("latents")
-    make_latent_dir(path, MEANS)
-    return path
 
 
 def _weights(run_dir):

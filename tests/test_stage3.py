@@ -14,11 +14,10 @@ from safetensors.torch import load_file
 import stage2_train_dit as stage2
 import stage3_inference as stage3
 from pipeline.common import UsageError
-from tests.helpers import make_latent_dir, make_tiny_vavae_checkpoint, stage2_args
+from tests.helpers import MEANS, make_latent_dir, make_tiny_vavae_checkpoint, stage2_args
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 NAMES = ["walk/fast", "../up"]
-MEANS = [torch.tensor([-1.5, 1.0, 0.0, 0.5]).view(4, 1, 1), torch.tensor([1.5, -1.0, 0.5, 0.0]).view(4, 1, 1)]
 
 
 @pytest.fixture(scope="module")
