@@ -160,8 +160,9 @@ def encode_shards(args, files, labels, split, size, tokenizer, device, dtype, ra
 
 def _write_shard(out, rank, k, items, labels, split):
     good = [it for it in items if "z" in it]
-    tensors = {key: torch.stack([it["z"][key] for it in good]) if good else torch.zeros(0)
-               for key in (good[0]["z"] if good else {"latents": None})}
+    # A shard whose images were all unreadable is still written (empty) so that a resume skips it.
+    tensors = {key: torch.stack([it["z"][key] for it in good]) for key in good[0]["z"]} if good else \
+        {"latents": torch.zeros(0)}
     idx = [it["index"] for it in good]
     tensors["labels"] = torch.tensor([labels[i] for i in idx], dtype=torch.int64)
     tensors["split"] = torch.tensor([int(split[i]) for i in idx], dtype=torch.uint8)

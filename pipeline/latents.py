@@ -66,6 +66,8 @@ def load_latents(latent_dir, check_finite=True):
         if "latents" not in data or "labels" not in data:
             raise UsageError(f"{path}: not a latent shard (needs 'latents' and 'labels')")
         n = data["latents"].shape[0]
+        if n == 0:
+            continue  # every image of this shard was unreadable (they are listed in its metadata)
         data.setdefault("split", torch.zeros(n, dtype=torch.uint8))
         data["indices"] = torch.tensor(indices if len(indices) == n else range(n), dtype=torch.int64)
         if check_finite:
@@ -77,6 +79,8 @@ def load_latents(latent_dir, check_finite=True):
                         raise UsageError(f"{path}: non-finite values (NaN/Inf) in '{key}' at row {row} "
                                          f"(image index {int(data['indices'][row])}); rerun stage 1 for it")
         parts.append(data)
+    if not parts:
+        raise UsageError(f"{latent_dir}: every shard is empty (no readable images)")
     keys = set(parts[0])
     if any(set(p) != keys for p in parts):
         raise UsageError(f"{latent_dir}: shards disagree on their tensors (mixed runs?); rerun stage 1 with --overwrite")

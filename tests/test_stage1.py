@@ -171,6 +171,15 @@ def test_resume_after_interruption_and_settings_guard(tmp_path, tokenizer_path):
     run_stage1(tmp_path / "data", tmp_path / "out", tokenizer_path, "--shard_size", "4", "--resize", "pad", "--overwrite")
 
 
+def test_shard_of_only_unreadable_images(tmp_path, tokenizer_path):
+    make_all_kinds(tmp_path / "data")
+    (tmp_path / "data" / "run" / "aaa.png").write_bytes(b"broken")   # first file of the first class
+    info = run_stage1(tmp_path / "data", tmp_path / "out", tokenizer_path, "--shard_size", "1")
+    assert len(list_shards(tmp_path / "out")) == info["num_images"] + 1
+    assert info["skipped"][0]["path"].endswith("aaa.png")
+    assert load_latents(tmp_path / "out")["latents"].shape[0] == info["num_images"]
+
+
 def test_strict_stops_at_first_unreadable(tmp_path, tokenizer_path):
     make_all_kinds(tmp_path / "data")
     (tmp_path / "data" / "run" / "zzz.png").write_bytes(b"\x89PNG broken")
