@@ -198,7 +198,7 @@ def _reconstruction_report(args, files, labels, split, names, size, tokenizer, d
     return dict(per_class=per_class, overall=overall)
 
 
-def finalize(args, files, labels, split, names, size, tokenizer, tok_info, device, dtype, timings):
+def finalize(args, files, labels, split, names, size, tokenizer, tok_info, device, dtype, timings, t_start):
     """Rank 0, after every shard exists: stats, recommendation, manifest, reconstruction report."""
     data = load_latents(args.output_dir)
     infos = [read_shard_info(p) for _, p in sorted(list_shards(args.output_dir).items())]
@@ -243,7 +243,7 @@ def finalize(args, files, labels, split, names, size, tokenizer, tok_info, devic
         image_size=list(size), latent_shape=list(data["latents"].shape[1:]),
         posterior="sample" if args.sample_posterior else "mean",
         split=dict(val_fraction=args.val_fraction, seed=args.seed), tokenizer=tok_info,
-        skipped=skipped, timings=timings, settings=vars(args))
+        skipped=skipped, timings=dict(timings, total_s=round(time.time() - t_start, 2)), settings=vars(args))
     write_json_atomic(os.path.join(args.output_dir, "dataset.json"), manifest)
     return manifest, report, recon
 
@@ -274,9 +274,6 @@ def run(args):
         timings = dict(setup_s=round(t_encode - t_start, 2), encode_s=round(time.time() - t_encode, 2))
         if rank != 0:
             return None
-        result = finalize(args, files, labels, split, names, size, tokenizer, tok_info, device, dtype, timings)
-        result[0]["timings"]["total_s"] = round(time.time() - t_start, 2)
-        write_json_atomic(os.path.join(args.output_dir, "dataset.json"), result[0])
-        return result
+        return finalize(args, files, labels, split, names, size, tokenizer, tok_info, device, dtype, timings, t_start)
     finally:
         cleanup_distributed(world)

@@ -460,7 +460,7 @@ def _train(cfg, args, rank, world, local_rank):
             # logging, stopping, checkpoints and samples (the only host syncs)
             at_log = step % lcfg["log_every"] == 0 or step == max_steps
             if at_log or world == 1:
-                stop_reason = _stop_reason(stop, budget, t_start, world)
+                stop_reason = _stop_reason(stop, budget, t_start, world, device)
             if at_log:
                 if int(bad_steps) >= tcfg["max_bad_steps"]:
                     stop_reason = f"{int(bad_steps)} non-finite steps in a row"
@@ -507,7 +507,7 @@ def _truncate_log(path, step):
         write_text_atomic(path, "".join(rows))
 
 
-def _stop_reason(stop, budget, t_start, world):
+def _stop_reason(stop, budget, t_start, world, device):
     """Signal or time budget; agreed on by every rank under DDP."""
     reason = 0
     if stop.signal:
@@ -516,7 +516,7 @@ def _stop_reason(stop, budget, t_start, world):
         reason = 2
     if world > 1:
         import torch.distributed as dist
-        flag = torch.tensor([reason], device="cuda" if torch.cuda.is_available() else "cpu")
+        flag = torch.tensor([reason], device=device)
         dist.all_reduce(flag, op=dist.ReduceOp.MAX)
         reason = int(flag)
     return {0: None, 1: f"signal {stop.signal or 'on another rank'}", 2: "time budget reached"}[reason]
