@@ -12,6 +12,7 @@ images resized to 64x64, three channels, in [0, 1].
 
 import argparse
 import hashlib
+import itertools
 import json
 import os
 
@@ -229,10 +230,11 @@ def memorisation(gen, train):
 def latent_features(tokenizer, x, size=128, chunk=32):
     """Tokenizer-space features: images (N, 3, 64, 64) in [0, 1], resized to `size`, encoded (posterior
     mean), then each channel's spatial mean and std: (N, 2C)."""
+    device = next(itertools.chain(tokenizer.parameters(), tokenizer.buffers())).device
     feats = []
     for part in x.split(chunk):
         part = F.interpolate(part, size=(size, size), mode="bilinear", align_corners=False) * 2 - 1
-        z = tokenizer.encode(part).mean.float()
+        z = tokenizer.encode(part.to(device)).mean.float().cpu()
         feats.append(torch.cat([z.mean(dim=(2, 3)), z.std(dim=(2, 3))], dim=1))
     return torch.cat(feats)
 
@@ -281,7 +283,8 @@ def evaluate(real, generated, out, seed=0, vavae_path=None):
     z_held = z_gen = None
     if vavae_path:
         from models.vavae import load_vavae
-        tokenizer = load_vavae(vavae_path)
+        from pipeline.common import pick_device
+        tokenizer = load_vavae(vavae_path, device=pick_device("auto"))
         z_held, z_gen = latent_features(tokenizer, x_held), latent_features(tokenizer, x_gen)
         result["fd_latent"] = frechet_distance(z_held, z_gen)
         result["precision_latent"], result["recall_latent"] = knn_precision_recall(z_held, z_gen)
