@@ -341,8 +341,7 @@ def _summary_plot(result, path):
 
 def evaluate_run(manifest, args):
     """stage3_inference.py --eval: compare with the run's stage 1 data (its latent dir)."""
-    from models.safe_load import safe_torch_load
-    latent_dir = safe_torch_load(manifest["settings"]["checkpoint"]).get("latent_dir")
+    latent_dir = manifest.get("latent_dir")   # recorded by stage 2 in the checkpoint, passed on by stage 3
     if not latent_dir or not os.path.isdir(latent_dir):
         raise UsageError(f"--eval: the run's latent dir ({latent_dir}) is not on this machine; run "
                          f"python -m pipeline.evaluate --real IMAGES --generated {args.output_dir} --out eval.json")

@@ -21,6 +21,7 @@ from models.safe_load import atomic_torch_save
 from models.vavae import load_vavae
 from pipeline.common import (UsageError, autocast, barrier, cleanup_distributed, init_distributed, pick_device,
                              pick_precision, write_json_atomic, write_text_atomic)
+from pipeline.config import config_differences
 from pipeline.images import find_classes, load_for_tokenizer, make_grid, split_indices
 from pipeline.latents import list_shards, load_latents, read_shard_info, shard_path, write_shard
 from pipeline.stats import channel_stats, format_recommendation, load_stats, psnr, recommend, ssim
@@ -83,7 +84,7 @@ def _prepare_output_dir(out, settings, overwrite, rank):
     if (existing is not None or shards) and not overwrite:
         if existing is None:
             raise UsageError(f"--output_dir {out}: holds latent shards of an unknown run; pass --overwrite to replace them")
-        diff = sorted(k for k in set(settings) | set(existing) if settings.get(k) != existing.get(k))
+        diff = config_differences(existing, settings, ignore=())
         raise UsageError(f"--output_dir {out}: holds latents made with other settings ({', '.join(diff)}); "
                          f"pass --overwrite to replace them or choose another --output_dir")
     if rank == 0:

@@ -16,7 +16,6 @@ import tarfile
 import time
 import zipfile
 
-import numpy as np
 import torch
 from PIL import Image
 from safetensors.torch import load_file, save_file
@@ -28,7 +27,8 @@ from models.vavae import load_vavae
 from pipeline.common import (UsageError, atomic_path, barrier, cleanup_distributed, init_distributed, pick_device,
                              pick_precision, write_json_atomic)
 from pipeline.generate import decode_latents, denormalise, image_seed, sample_latents
-from pipeline.images import make_grid, safe_name, save_image
+from pipeline.config import config_differences
+from pipeline.images import load_for_tokenizer, make_grid, safe_name, save_image
 from pipeline.train import latest_checkpoint
 
 SAMPLING_KEYS = ("num_steps", "method", "cfg_scale", "cfg_interval_start", "timestep_shift")
@@ -103,8 +103,7 @@ def _check_output_dir(out_dir, manifest_settings, overwrite):
     if same and not overwrite:
         return
     if not overwrite:
-        diff = sorted(k for k in set(old.get("settings", {})) | set(manifest_settings)
-                      if old.get("settings", {}).get(k) != manifest_settings.get(k))
+        diff = config_differences(old.get("settings", {}), manifest_settings, ignore=())
         raise UsageError(f"--output_dir {out_dir}: holds images generated with other settings ({', '.join(diff)}); "
                          f"pass --overwrite or choose another --output_dir")
     for name in old.get("class_folders", []):
@@ -206,17 +205,17 @@ def _generate(args, rank, world, local_rank):
         return None
 
     # ---- summary outputs (rank 0) ----------------------------------------------------------------
-    rows = []
-    for c in class_ids:
-        paths = [image_path(args.output_dir, classes[c], k) for k in range(min(8, args.num_per_class))]
-        rows.append([_load_as_tensor(p) for p in paths])
-    make_grid(_same_size(rows), gray).save(os.path.join(args.output_dir, "grid.png"))
+    rows = [[image_path(args.output_dir, classes[c], k) for k in range(min(8, args.num_per_class))] for c in class_ids]
+    width, height = Image.open(rows[0][0]).size   # with --original_size, classes differ: show all at one size
+    rows = [[load_for_tokenizer(p, (height, width))[0] for p in row] for row in rows]
+    make_grid(rows, gray).save(os.path.join(args.output_dir, "grid.png"))
     if args.save_latents:
         _merge_latents(partial_dir, os.path.join(args.output_dir, "latents.safetensors"))
     per_image = {classes[c]: [dict(file=os.path.relpath(image_path(args.output_dir, classes[c], k), args.output_dir),
                                    seed=image_seed(args.seed, c, k)) for k in range(args.num_per_class)]
                  for c in class_ids}
     manifest = dict(settings=settings, class_folders=[classes[c] for c in class_ids], complete=True,
+                    latent_dir=ckpt.get("latent_dir"),
                     classes={classes[c]: dict(label=c, folder=safe_name(classes[c]), count=args.num_per_class)
                              for c in class_ids},
                     images=per_image, generated_this_run=len(jobs), time_s=round(time.time() - t_start, 2))
@@ -225,17 +224,6 @@ def _generate(args, rank, world, local_rank):
                                                             [classes[c] for c in class_ids]))
     write_json_atomic(os.path.join(args.output_dir, "samples.json"), manifest)
     return manifest
-
-
-def _load_as_tensor(path):
-    img = Image.open(path).convert("RGB")
-    return torch.from_numpy(np.asarray(img).copy()).permute(2, 0, 1).float() / 127.5 - 1
-
-
-def _same_size(rows):
-    h, w = rows[0][0].shape[-2:]
-    resize = lambda x: x if x.shape[-2:] == (h, w) else torch.nn.functional.interpolate(x[None], size=(h, w))[0]  # noqa: E731
-    return [[resize(x) for x in row] for row in rows]
 
 
 def _merge_latents(partial_dir, path):
