@@ -15,7 +15,7 @@ Doppler) at the top. Time runs along x.
 
 import argparse
 import os
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 import numpy as np
 from PIL import Image
@@ -48,7 +48,6 @@ class Subject:
     aspect_deg: float = 0.0     # angle between heading and the line of sight to the radar
     start_range: float = 10.0   # m
     snr_db: float = 20.0        # torso-to-noise power ratio
-    extra: dict = field(default_factory=dict)
 
 
 # Segment proportions of body height (anthropometric tables, rounded).
