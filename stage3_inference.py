@@ -15,6 +15,8 @@ from pipeline.inference import PRESETS, generate
 def parse_args(argv=None):
     p = argparse.ArgumentParser(description=__doc__.strip().splitlines()[0])
     p.add_argument("--checkpoint", default=None, help="checkpoint file or run dir (default: newest run under runs/)")
+    p.add_argument("--pick", choices=["best", "latest"], default="best",
+                   help="with a run dir: best (held-out score, stage 2's choice) or latest checkpoint")
     p.add_argument("--vavae_path", default="pretrained/vavae-imagenet256-f16d32-dinov2.pt",
                    help="VA-VAE tokenizer, or 'demo' for the offline demo tokenizer")
     p.add_argument("--output_dir", default="generated")
@@ -35,7 +37,8 @@ def parse_args(argv=None):
     p.add_argument("--original_size", action="store_true", help="resize to each class's most common original size")
     p.add_argument("--save_latents", action="store_true", help="also write latents.safetensors")
     p.add_argument("--archive", choices=["zip", "tar"], default=None, help="also pack the images into one file")
-    p.add_argument("--overwrite", action="store_true", help="replace images generated with other settings")
+    p.add_argument("--overwrite", action="store_true",
+                   help="replace images generated with other settings (only files stage 3 wrote are removed)")
     p.add_argument("--eval", action="store_true", help="evaluate against the run's real data (writes eval.json)")
     p.add_argument("--device", default="auto")
     p.add_argument("--trust_checkpoint", action="store_true",
@@ -45,17 +48,19 @@ def parse_args(argv=None):
 
 def main(argv=None):
     args = parse_args(argv)
-    manifest = generate(args)
-    if manifest is None:
+    result = generate(args)
+    if result is None:
         return
+    manifest, tokenizer = result
     s = manifest["settings"]
     total = sum(c["count"] for c in manifest["classes"].values())
     print(f"{total} images ({len(manifest['classes'])} classes, {manifest['generated_this_run']} new) in "
-          f"{args.output_dir} - {s['method']} {s['num_steps']} steps, cfg {s['cfg_scale']}, step {s['step']} "
-          f"of {s['checkpoint']}; grid.png, samples.json" + (f", {manifest['archive']}" if "archive" in manifest else ""))
+          f"{args.output_dir} - {s['method']} {s['num_steps']} steps, cfg {s['cfg_scale']} (interval from "
+          f"t={s['cfg_interval_start']}), step {s['step']} ({manifest['checkpoint_picked']}); grid.png, samples.json"
+          + (f", {manifest['archive']}" if "archive" in manifest else ""))
     if args.eval:
         from pipeline.evaluate import evaluate_run
-        result = evaluate_run(manifest, args)
+        result = evaluate_run(manifest, args, tokenizer)
         print(f"eval: generated_accuracy {result['generated_accuracy']:.3f} (real held-out {result['real_accuracy']:.3f}), "
               f"precision {result['precision']:.3f}, recall {result['recall']:.3f}, memorised "
               f"{result['memorisation_fraction']:.3f} -> {os.path.join(args.output_dir, 'eval.json')}")

@@ -24,7 +24,7 @@ import stage2_train_dit as stage2  # noqa: E402
 from models.transport import sample  # noqa: E402
 from pipeline.inference import load_run  # noqa: E402
 from pipeline.plot import line_plot  # noqa: E402
-from pipeline.train import latest_checkpoint  # noqa: E402
+from pipeline.checkpoint import latest_checkpoint  # noqa: E402
 from tests.helpers import make_latent_dir  # noqa: E402
 
 STEPS = (4, 6, 8, 12, 16, 24, 32, 50, 64, 100, 128, 250)

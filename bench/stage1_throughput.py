@@ -45,7 +45,7 @@ def main():
         simulate_dataset(tmp, max(1, args.num_images // 5), size=args.image_size)
         files = [f for fs in find_classes(tmp).values() for f in fs]
         for precision in args.precisions:
-            dtype, _ = pick_precision(precision, device)
+            dtype = pick_precision(precision, device)
             for bs in args.batch_sizes:
                 loader = DataLoader(ImageFiles(files, list(range(len(files))), (args.image_size,) * 2, "stretch", "auto"),
                                     batch_size=bs, num_workers=args.num_workers, collate_fn=_collate)

@@ -62,7 +62,7 @@ def sync(device):
 
 def run(args):
     device = pick_device(args.device)
-    dtype, _ = pick_precision(args.precision, device)
+    dtype = pick_precision(args.precision, device)
     torch.manual_seed(0)
     model = LightningDiT_models[args.model](input_size=16, in_channels=32, num_classes=10, **RELEASE_FLAGS).to(device)
     model.use_checkpoint = args.grad_checkpointing

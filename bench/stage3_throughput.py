@@ -44,7 +44,7 @@ def main():
     sampling = dict(num_steps=args.steps, method=args.method, cfg_scale=args.cfg_scale, cfg_interval_start=0.0,
                     timestep_shift=0.0)
     for precision in args.precisions:
-        dtype, _ = pick_precision(precision, device)
+        dtype = pick_precision(precision, device)
         for bs in args.batch_sizes:
             labels, seeds = [i % 10 for i in range(bs)], list(range(bs))
             sample_latents(model, labels[:2], seeds[:2], [32, 16, 16], dict(sampling, num_steps=1), device, dtype)

@@ -20,7 +20,6 @@ Every failure is a `CheckpointError` with a one-line message naming the file.
 import collections
 import os
 import pickle
-import tempfile
 import zipfile
 
 import torch
@@ -129,6 +128,14 @@ def safe_torch_load(path, trust=False, trust_flag="--trust_checkpoint"):
     path = os.fspath(path)
     if not os.path.isfile(path):
         raise CheckpointError(f"{path}: file not found")
+    with open(path, "rb") as f:
+        head = f.read(4)
+    if not head:
+        raise CheckpointError(f"{path}: file is empty (truncated or corrupt); download or copy it again")
+    if not (head.startswith(b"PK\x03\x04") or head[:1] == b"\x80"):
+        # Neither torch.save's zip archive nor a pickle: say so instead of inviting --trust_checkpoint.
+        raise CheckpointError(f"{path}: not a checkpoint file (neither a PyTorch .pt archive nor a pickle); "
+                              f"check the path")
     if trust:
         try:
             return torch.load(path, map_location="cpu", weights_only=False)
@@ -153,24 +160,6 @@ def safe_torch_load(path, trust=False, trust_flag="--trust_checkpoint"):
         raise CheckpointError(f"{path}: holds no tensors, only objects that would need code execution; "
                               f"if you trust its source, pass {trust_flag}")
     return obj
-
-
-def atomic_torch_save(obj, path):
-    """torch.save to a temp file in the same directory, fsync, then rename: readers never see half a file."""
-    path = os.fspath(path)
-    directory = os.path.dirname(os.path.abspath(path))
-    os.makedirs(directory, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=".tmp_", suffix=".pt", dir=directory)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            torch.save(obj, f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
 
 
 def _first_line(e):

@@ -6,6 +6,7 @@ choice, atomic file writes, torch.distributed set-up, and the run-directory lock
 import contextlib
 import json
 import os
+import re
 import sys
 import tempfile
 
@@ -37,32 +38,36 @@ def run_cli(main):
 #                              Device and precision
 # --------------------------------------------------------------------------------
 
+DEVICE_PATTERN = re.compile(r"(auto|cpu|mps|cuda(:\d+)?)")
+
+
 def pick_device(name="auto", local_rank=0):
-    """'auto' -> cuda:<local_rank> when available, else cpu."""
+    """'auto' -> cuda:<local_rank> when available, else cpu; 'cuda' -> cuda:<local_rank>; cpu, mps, cuda:N."""
     if name in (None, "auto"):
         return torch.device(f"cuda:{local_rank}" if torch.cuda.is_available() else "cpu")
+    if not DEVICE_PATTERN.fullmatch(name):
+        raise UsageError(f"--device {name}: unknown device; use auto, cpu, cuda or cuda:N")
     if name.startswith("cuda") and not torch.cuda.is_available():
         raise UsageError(f"--device {name}: no CUDA GPU is visible; use --device cpu")
+    if name.startswith("cuda:") and int(name[5:]) >= torch.cuda.device_count():
+        raise UsageError(f"--device {name}: only {torch.cuda.device_count()} GPU(s) visible")
     return torch.device(f"cuda:{local_rank}" if name == "cuda" else name)
 
 
 def pick_precision(name, device):
-    """Autocast dtype for `--precision auto|fp32|fp16|bf16` on `device`: returns (dtype or None, use_grad_scaler).
+    """Autocast dtype (None: fp32) for `--precision auto|fp32|fp16|bf16` on `device`.
 
-    auto: bf16 on GPUs of compute capability >= 8.0 (native bf16), fp16 with a grad scaler below
-    (a T4 reports bf16 as supported but only emulates it), fp32 on the CPU."""
+    auto: bf16 on GPUs of compute capability >= 8.0 (native bf16), fp16 below (a T4 reports bf16 as
+    supported but only emulates it; training adds a grad scaler for fp16), fp32 on the CPU."""
     if name == "auto":
         if device.type != "cuda":
-            return None, False
+            return None
         major, _ = torch.cuda.get_device_capability(device)
         name = "bf16" if major >= 8 else "fp16"
-    if name == "fp32":
-        return None, False
-    if name == "bf16":
-        return torch.bfloat16, False
-    if name == "fp16":
-        return torch.float16, device.type == "cuda"
-    raise UsageError(f"--precision {name}: use auto, fp32, fp16 or bf16")
+    dtypes = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}
+    if name not in dtypes:
+        raise UsageError(f"--precision {name}: use auto, fp32, fp16 or bf16")
+    return dtypes[name]
 
 
 def autocast(device, dtype):
@@ -76,13 +81,23 @@ def autocast(device, dtype):
 #                                 Atomic writes
 # --------------------------------------------------------------------------------
 
+TEMP_PREFIX, TEMP_SUFFIX = ".tmp_", ".partial"
+
+
+def is_temp_file(name):
+    """A temp file of atomic_path (hidden, no image/checkpoint extension: no glob or loader picks it up)."""
+    name = os.path.basename(name)
+    return name.startswith(TEMP_PREFIX) and name.endswith(TEMP_SUFFIX)
+
+
 @contextlib.contextmanager
 def atomic_path(path):
-    """Yield a temp path in the same directory; on success it is fsynced and renamed to `path`."""
+    """Yield a temp path in the same directory; on success it is fsynced and renamed to `path`, on any
+    failure it is removed. Writers that pick a format by extension must name the format explicitly."""
     path = os.fspath(path)
     directory = os.path.dirname(os.path.abspath(path))
     os.makedirs(directory, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=".tmp_", suffix=os.path.splitext(path)[1], dir=directory)
+    fd, tmp = tempfile.mkstemp(prefix=TEMP_PREFIX, suffix=TEMP_SUFFIX, dir=directory)
     os.close(fd)
     try:
         yield tmp
@@ -92,6 +107,17 @@ def atomic_path(path):
     finally:
         if os.path.exists(tmp):
             os.unlink(tmp)
+
+
+def read_json(path):
+    with open(path) as f:
+        return json.load(f)
+
+
+def atomic_torch_save(obj, path):
+    """torch.save through atomic_path: readers never see half a file."""
+    with atomic_path(path) as tmp, open(tmp, "wb") as f:
+        torch.save(obj, f)
 
 
 def write_text_atomic(path, text):

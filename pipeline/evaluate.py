@@ -22,7 +22,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 from PIL import Image
 
-from pipeline.common import UsageError, write_json_atomic
+from pipeline.common import UsageError, read_json, write_json_atomic
 from pipeline.images import IMAGE_EXTENSIONS, find_classes, load_for_tokenizer, make_grid, safe_name, split_indices
 
 EVAL_SIZE = (64, 64)
@@ -51,8 +51,8 @@ def load_real(real, seed=0, heldout_fraction=0.2):
     manifest = os.path.join(real, "dataset.json")
     if os.path.isfile(manifest):
         from pipeline.latents import load_latents
-        info = json.load(open(manifest))
-        data_dir = info["settings"]["data_dir"]
+        info = read_json(manifest)
+        data_dir = info.get("data_dir") or info["settings"]["data_dir"]
         if not os.path.isdir(data_dir):
             raise UsageError(f"--real {real}: its images ({data_dir}) are not on this machine; pass the image folder")
         names = [c["name"] for c in info["classes"]]
@@ -72,11 +72,17 @@ def load_real(real, seed=0, heldout_fraction=0.2):
 
 
 def load_generated(generated, names):
-    """Generated images with labels from their folder names (matched to real class names, also via safe_name)."""
+    """Generated images with labels: from stage 3's samples.json when there is one (its class -> folder map),
+    else from folder names matched to the real class names (also via safe_name)."""
     if not os.path.isdir(generated):
         raise UsageError(f"--generated {generated}: no such folder")
-    lookup = {n: c for c, n in enumerate(names)}
-    lookup.update({safe_name(n): c for c, n in enumerate(names)})
+    record = os.path.join(generated, "samples.json")
+    if os.path.isfile(record):
+        lookup = {info["folder"]: names.index(n) for n, info in read_json(record).get("classes", {}).items()
+                  if n in names}
+    else:
+        lookup = {n: c for c, n in enumerate(names)}
+        lookup.update({safe_name(n): c for c, n in enumerate(names)})
     xs, ys, unknown = [], [], []
     for folder in sorted(os.listdir(generated)):
         full = os.path.join(generated, folder)
@@ -94,6 +100,19 @@ def load_generated(generated, names):
     if not ys:
         raise UsageError(f"--generated {generated}: no generated images found")
     return torch.cat(xs), torch.tensor(ys)
+
+
+def check_heldout(latent_dir):
+    """Stage 3 --eval needs the run's stage 1 output on this machine with held-out images: say so before
+    anything is generated."""
+    manifest = os.path.join(latent_dir or "", "dataset.json")
+    if not latent_dir or not os.path.isfile(manifest):
+        raise UsageError(f"--eval: the run's latent dir ({latent_dir}) is not on this machine; drop --eval and run "
+                         f"python -m pipeline.evaluate --real IMAGES --generated OUTPUT_DIR afterwards")
+    if sum(c.get("heldout", 0) for c in read_json(manifest)["classes"]) == 0:
+        raise UsageError(f"--eval: stage 1 kept no held-out images in {latent_dir} (--val_fraction 0); rerun stage 1 "
+                         f"with --val_fraction 0.1 and train again, or evaluate against other real images with "
+                         f"python -m pipeline.evaluate --real IMAGES --generated OUTPUT_DIR")
 
 
 # --------------------------------------------------------------------------------
@@ -157,7 +176,7 @@ def cached_classifier(x, y, num_classes, seed):
             pass  # unreadable cache entry: retrain
     model = train_classifier(x, y, num_classes, seed)
     try:
-        from models.safe_load import atomic_torch_save
+        from pipeline.common import atomic_torch_save
         atomic_torch_save(model.state_dict(), path)
     except OSError:
         pass  # caching is an optimisation only
@@ -253,9 +272,9 @@ def spectrogram_statistics(real, gen):
 #                                  Report
 # --------------------------------------------------------------------------------
 
-def evaluate(real, generated, out, seed=0, vavae_path=None):
+def evaluate(real, generated, out, seed=0, vavae_path=None, tokenizer=None):
     """Compute every metric; write `out` (eval.json), eval.png and memorisation.png beside it. With a
-    tokenizer (`vavae_path`), Fréchet distance and precision/recall are also computed in its latent space."""
+    tokenizer (`vavae_path`, or an already loaded `tokenizer`), Fréchet distance and precision/recall are also computed in its latent space."""
     names, x_train, y_train, x_held, y_held = load_real(real, seed)
     x_gen, y_gen = load_generated(generated, names)
     if len(x_held) == 0:
@@ -281,10 +300,11 @@ def evaluate(real, generated, out, seed=0, vavae_path=None):
         num_real=int(len(x_held)), num_real_train=int(len(x_train)), num_generated=int(len(x_gen)),
         **spectrogram_statistics(x_held, x_gen), per_class={})
     z_held = z_gen = None
-    if vavae_path:
+    if vavae_path and tokenizer is None:
         from models.vavae import load_vavae
         from pipeline.common import pick_device
         tokenizer = load_vavae(vavae_path, device=pick_device("auto"))
+    if tokenizer is not None:
         z_held, z_gen = latent_features(tokenizer, x_held), latent_features(tokenizer, x_gen)
         result["fd_latent"] = frechet_distance(z_held, z_gen)
         result["precision_latent"], result["recall_latent"] = knn_precision_recall(z_held, z_gen)
@@ -339,14 +359,11 @@ def _summary_plot(result, path):
     img.save(path)
 
 
-def evaluate_run(manifest, args):
+def evaluate_run(manifest, args, tokenizer=None):
     """stage3_inference.py --eval: compare with the run's stage 1 data (its latent dir)."""
-    latent_dir = manifest.get("latent_dir")   # recorded by stage 2 in the checkpoint, passed on by stage 3
-    if not latent_dir or not os.path.isdir(latent_dir):
-        raise UsageError(f"--eval: the run's latent dir ({latent_dir}) is not on this machine; run "
-                         f"python -m pipeline.evaluate --real IMAGES --generated {args.output_dir} --out eval.json")
-    return evaluate(latent_dir, args.output_dir, os.path.join(args.output_dir, "eval.json"), seed=args.seed,
-                    vavae_path=args.vavae_path)
+    check_heldout(manifest.get("latent_dir"))   # recorded by stage 2 in the checkpoint, passed on by stage 3
+    return evaluate(manifest["latent_dir"], args.output_dir, os.path.join(args.output_dir, "eval.json"),
+                    seed=args.seed, tokenizer=tokenizer)
 
 
 def main(argv=None):

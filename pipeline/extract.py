@@ -17,10 +17,9 @@ import torch
 from torch.utils.data import DataLoader, Dataset
 from tqdm import tqdm
 
-from models.safe_load import atomic_torch_save
 from models.vavae import load_vavae
-from pipeline.common import (UsageError, autocast, barrier, cleanup_distributed, init_distributed, pick_device,
-                             pick_precision, write_json_atomic, write_text_atomic)
+from pipeline.common import (UsageError, atomic_torch_save, autocast, barrier, cleanup_distributed, init_distributed,
+                             pick_device, pick_precision, read_json, write_json_atomic, write_text_atomic)
 from pipeline.config import config_differences
 from pipeline.images import find_classes, load_for_tokenizer, make_grid, split_indices
 from pipeline.latents import list_shards, load_latents, read_shard_info, shard_path, write_shard
@@ -74,28 +73,65 @@ def _settings(args, files, size, tokenizer_info):
                 tokenizer=tokenizer_info["name"], tokenizer_bytes=tokenizer_info["bytes"], shard_size=args.shard_size)
 
 
-def _prepare_output_dir(out, settings, overwrite, rank):
-    """Resume (same settings), refuse (different settings, no --overwrite) or clear (--overwrite)."""
+def file_digest(path):
+    """sha1 of a file's bytes ('' when it cannot be read: that file is skipped at encode time anyway)."""
+    h = hashlib.sha1()
+    try:
+        with open(path, "rb") as f:
+            for block in iter(lambda: f.read(1 << 20), b""):
+                h.update(block)
+    except OSError:
+        return ""
+    return h.hexdigest()
+
+
+def shard_content(digests, k, shard_size):
+    """Fingerprint of the bytes of the images of shard k: a shard is resumed only if it is unchanged."""
+    return hashlib.sha1("\n".join(digests[k * shard_size:(k + 1) * shard_size]).encode()).hexdigest()
+
+
+def check_output_location(out, data_dir):
+    """Stage 1's output inside the data folder would be read as a class on the next run."""
+    out_abs, data_abs = os.path.realpath(out), os.path.realpath(data_dir)
+    if out_abs == data_abs or out_abs.startswith(data_abs + os.sep):
+        raise UsageError(f"--output_dir {out}: lies inside --data_dir {data_dir}, where the next run would read it "
+                         f"as a class; choose a folder outside the data")
+
+
+def _stale_shards(out, digests, shard_size):
+    """{shard index: path} of complete shards whose images changed on disk since they were encoded."""
+    stale = {}
+    for k, path in list_shards(out).items():
+        if read_shard_info(path).get("content_sha1") != shard_content(digests, k, shard_size):
+            stale[k] = path
+    return stale
+
+
+def _prepare_output_dir(out, settings, overwrite, digests, shard_size):
+    """Resume (same settings: unchanged shards kept, shards of changed images removed for re-encoding),
+    refuse (other settings, no --overwrite) or clear our own files (--overwrite). Returns (kept, re-encoded)."""
     record = os.path.join(out, "extraction.json")
-    existing = json.load(open(record))["settings"] if os.path.isfile(record) else None
+    existing = read_json(record)["settings"] if os.path.isfile(record) else None
     shards = list_shards(out) if os.path.isdir(out) else {}
     if existing == settings and not overwrite:
-        return len(shards)
+        stale = _stale_shards(out, digests, shard_size)
+        for path in stale.values():
+            os.unlink(path)
+        return len(shards) - len(stale), len(stale)
     if (existing is not None or shards) and not overwrite:
         if existing is None:
             raise UsageError(f"--output_dir {out}: holds latent shards of an unknown run; pass --overwrite to replace them")
         diff = config_differences(existing, settings, ignore=())
         raise UsageError(f"--output_dir {out}: holds latents made with other settings ({', '.join(diff)}); "
                          f"pass --overwrite to replace them or choose another --output_dir")
-    if rank == 0:
-        for path in shards.values():
-            os.unlink(path)
-        for name in OUTPUT_FILES:
-            if os.path.exists(os.path.join(out, name)):
-                os.unlink(os.path.join(out, name))
-        os.makedirs(out, exist_ok=True)
-        write_json_atomic(record, {"schema_version": SCHEMA_VERSION, "settings": settings})
-    return 0
+    for path in shards.values():
+        os.unlink(path)
+    for name in OUTPUT_FILES:
+        if os.path.exists(os.path.join(out, name)):
+            os.unlink(os.path.join(out, name))
+    os.makedirs(out, exist_ok=True)
+    write_json_atomic(record, {"schema_version": SCHEMA_VERSION, "settings": settings})
+    return 0, 0
 
 
 def _tokenizer_info(path, tokenizer):
@@ -119,8 +155,8 @@ def _flip(x, flip):
     return x.flip(-1) if flip == "time" else x.flip(-2)
 
 
-def encode_shards(args, files, labels, split, size, tokenizer, device, dtype, rank, world):
-    """Encode every shard this rank owns that is not on disk yet."""
+def encode_shards(args, files, digests, labels, split, size, tokenizer, device, dtype, rank, world):
+    """Encode every shard this rank owns that is not on disk yet; each records the fingerprint of its images."""
     num_shards = (len(files) + args.shard_size - 1) // args.shard_size
     done = list_shards(args.output_dir)
     todo = [k for k in range(num_shards) if k % world == rank and k not in done]
@@ -154,12 +190,13 @@ def encode_shards(args, files, labels, split, size, tokenizer, device, dtype, ra
             it["x"] = None  # free the image
             pending[k].append(it)
             if len(pending[k]) == expected[k]:
-                _write_shard(args.output_dir, rank, k, pending.pop(k), labels, split)
+                _write_shard(args.output_dir, rank, k, pending.pop(k), labels, split,
+                             shard_content(digests, k, args.shard_size))
         bar.update(len(items))
     bar.close()
 
 
-def _write_shard(out, rank, k, items, labels, split):
+def _write_shard(out, rank, k, items, labels, split, content_sha1):
     good = [it for it in items if "z" in it]
     # A shard whose images were all unreadable is still written (empty) so that a resume skips it.
     tensors = {key: torch.stack([it["z"][key] for it in good]) for key in good[0]["z"]} if good else \
@@ -168,7 +205,7 @@ def _write_shard(out, rank, k, items, labels, split):
     tensors["labels"] = torch.tensor([labels[i] for i in idx], dtype=torch.int64)
     tensors["split"] = torch.tensor([int(split[i]) for i in idx], dtype=torch.uint8)
     info = dict(indices=idx, sizes=[list(it["size"]) for it in good], gray=[bool(it["gray"]) for it in good],
-                skipped=[[it["index"], it["error"]] for it in items if "z" not in it])
+                skipped=[[it["index"], it["error"]] for it in items if "z" not in it], content_sha1=content_sha1)
     write_shard(shard_path(out, rank, k), tensors, info)
 
 
@@ -199,7 +236,7 @@ def _reconstruction_report(args, files, labels, split, names, size, tokenizer, d
     return dict(per_class=per_class, overall=overall)
 
 
-def finalize(args, files, labels, split, names, size, tokenizer, tok_info, device, dtype, timings, t_start):
+def finalize(args, files, labels, split, names, size, tokenizer, tok_info, device, dtype, timings, t_start, settings):
     """Rank 0, after every shard exists: stats, recommendation, manifest, reconstruction report."""
     data = load_latents(args.output_dir)
     infos = [read_shard_info(p) for _, p in sorted(list_shards(args.output_dir).items())]
@@ -212,6 +249,14 @@ def finalize(args, files, labels, split, names, size, tokenizer, tok_info, devic
     empty = [n for n, c in counts.items() if c["train"] + c["heldout"] == 0]
     if empty:
         raise UsageError(f"class(es) {', '.join(empty)}: none of their images could be read (see the skipped list)")
+    no_train = [n for n, c in counts.items() if c["train"] == 0]
+    if no_train:
+        raise UsageError(f"class(es) {', '.join(no_train)}: no readable training image (only held-out ones); add "
+                         f"images or fix the unreadable ones listed in the skipped list")
+    warnings = [f"class {n} has no held-out image (too few images for --val_fraction {args.val_fraction}): "
+                f"it cannot be evaluated" for n, c in counts.items() if args.val_fraction > 0 and c["heldout"] == 0]
+    for w in warnings:
+        print(f"warning: {w}")
 
     train = data["latents"][data["split"] == 0]
     if "latents_flip" in data:
@@ -244,7 +289,10 @@ def finalize(args, files, labels, split, names, size, tokenizer, tok_info, devic
         image_size=list(size), latent_shape=list(data["latents"].shape[1:]),
         posterior="sample" if args.sample_posterior else "mean",
         split=dict(val_fraction=args.val_fraction, seed=args.seed), tokenizer=tok_info,
-        skipped=skipped, timings=dict(timings, total_s=round(time.time() - t_start, 2)), settings=vars(args))
+        skipped=skipped, warnings=warnings, data_dir=settings["data_dir"],
+        data_fingerprint=hashlib.sha1("\n".join(read_shard_info(p).get("content_sha1", "") for _, p in
+                                                sorted(list_shards(args.output_dir).items())).encode()).hexdigest(),
+        timings=dict(timings, total_s=round(time.time() - t_start, 2)), settings=settings)
     write_json_atomic(os.path.join(args.output_dir, "dataset.json"), manifest)
     return manifest, report, recon
 
@@ -256,25 +304,30 @@ def run(args):
     try:
         size = parse_image_size(args.image_size)
         device = pick_device(args.device, local_rank)
-        dtype, _ = pick_precision(args.precision, device)
+        dtype = pick_precision(args.precision, device)
         classes = find_classes(args.data_dir)
         names = list(classes)
         files = [p for n in names for p in classes[n]]
         labels = [c for c, n in enumerate(names) for _ in classes[n]]
         split = split_indices(labels, args.val_fraction, args.seed)
+        check_output_location(args.output_dir, args.data_dir)
         tokenizer = load_vavae(args.vavae_path, device=device, trust=args.trust_checkpoint)
         tok_info = _tokenizer_info(args.vavae_path, tokenizer)
         settings = _settings(args, files, size, tok_info)
-        found = _prepare_output_dir(args.output_dir, settings, args.overwrite, rank) if rank == 0 else 0
+        digests = [file_digest(p) for p in files]
+        if rank == 0:
+            kept, changed = _prepare_output_dir(args.output_dir, settings, args.overwrite, digests, args.shard_size)
+            if kept or changed:
+                print(f"resuming: {kept} complete shard(s) of unchanged images kept in {args.output_dir}"
+                      + (f"; {changed} shard(s) re-encoded because their image files changed" if changed else ""))
         barrier(world)
-        if rank == 0 and found:
-            print(f"resuming: {found} complete shard(s) found in {args.output_dir}")
         t_encode = time.time()
-        encode_shards(args, files, labels, split, size, tokenizer, device, dtype, rank, world)
+        encode_shards(args, files, digests, labels, split, size, tokenizer, device, dtype, rank, world)
         barrier(world)
         timings = dict(setup_s=round(t_encode - t_start, 2), encode_s=round(time.time() - t_encode, 2))
         if rank != 0:
             return None
-        return finalize(args, files, labels, split, names, size, tokenizer, tok_info, device, dtype, timings, t_start)
+        return finalize(args, files, labels, split, names, size, tokenizer, tok_info, device, dtype, timings, t_start,
+                        settings)
     finally:
         cleanup_distributed(world)

@@ -14,7 +14,7 @@ import torch
 import torch.nn.functional as F
 from PIL import Image
 
-from pipeline.common import UsageError
+from pipeline.common import UsageError, atomic_path
 
 IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp", ".gif")
 # PIL refuses images above ~179 Mpx as decompression bombs; spectrograms are seldom above a few Mpx, and
@@ -84,6 +84,22 @@ def safe_name(name):
     cleaned = re.sub(r"[^\w.\- ]+", "_", str(name)).strip(" .")
     cleaned = cleaned.replace("..", "_")
     return cleaned or "class"
+
+
+def unique_folder_names(names):
+    """{class name: folder name}: safe_name of each, made unique with a suffix (`walk_fast`, `walk_fast_2`) when
+    two names collide, also case-insensitively (macOS and Windows file systems fold case). Depends only on
+    the ordered list of names, so every run of the same model uses the same folders."""
+    folders, taken = {}, set()
+    for name in names:
+        base = safe_name(name)
+        folder, n = base, 1
+        while folder.lower() in taken:
+            n += 1
+            folder = f"{base}_{n}"
+        taken.add(folder.lower())
+        folders[name] = folder
+    return folders
 
 
 # --------------------------------------------------------------------------------
@@ -180,10 +196,8 @@ def save_image(x, path, gray, size=None):
     img = Image.fromarray(to_uint8(x, gray))
     if size is not None and tuple(size) != img.size:
         img = img.resize(tuple(size), Image.BICUBIC)
-    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-    tmp = f"{path}.tmp.png"  # atomic: a killed run never leaves a half-written image that looks complete
-    img.save(tmp)
-    os.replace(tmp, path)
+    with atomic_path(path) as tmp:  # a killed run never leaves a half-written image that looks complete
+        img.save(tmp, format="PNG")
 
 
 def make_grid(rows, gray, pad=2):

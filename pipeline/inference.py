@@ -8,8 +8,8 @@ are kept, so an interrupted run continues where it stopped. Under torchrun the m
 dealt out across ranks.
 """
 
+import contextlib
 import glob
-import json
 import os
 import shutil
 import tarfile
@@ -21,23 +21,24 @@ from PIL import Image
 from safetensors.torch import load_file, save_file
 from tqdm import tqdm
 
-from models.lightningdit import LightningDiT, dit_state_dict_from_checkpoint, load_dit_checkpoint
-from models.safe_load import CheckpointError
+from models.lightningdit import LightningDiT, dit_state_dict_from_checkpoint
 from models.vavae import load_vavae
-from pipeline.common import (UsageError, atomic_path, barrier, cleanup_distributed, init_distributed, pick_device,
-                             pick_precision, write_json_atomic)
-from pipeline.generate import decode_latents, denormalise, image_seed, sample_latents
+from pipeline.checkpoint import latest_checkpoint, read_checkpoint, run_checkpoint, tensor_fingerprint
+from pipeline.common import (UsageError, atomic_path, barrier, cleanup_distributed, init_distributed, is_temp_file,
+                             pick_device, pick_precision, read_json, write_json_atomic)
 from pipeline.config import config_differences
-from pipeline.images import load_for_tokenizer, make_grid, safe_name, save_image
-from pipeline.train import latest_checkpoint
+from pipeline.evaluate import check_heldout
+from pipeline.generate import decode_latents, denormalise, image_seed, sample_latents
+from pipeline.images import load_for_tokenizer, make_grid, save_image, unique_folder_names
 
 SAMPLING_KEYS = ("num_steps", "method", "cfg_scale", "cfg_interval_start", "timestep_shift")
 # The fast preset (bench/sampler_accuracy.py): Heun with 16 steps matches Euler-250 within 1 % error.
 PRESETS = {"fast": dict(method="heun", num_steps=16), "quality": dict(method="euler", num_steps=250)}
 
 
-def resolve_checkpoint(path, runs_root="runs"):
-    """A checkpoint file, a run dir (its latest), or None (the newest run under runs/)."""
+def resolve_checkpoint(path, pick="best", runs_root="runs"):
+    """(checkpoint file, what was picked) from a checkpoint file, a run dir (its best, or latest), or None
+    (the newest run under runs/)."""
     if path is None:
         runs = [d for d in glob.glob(os.path.join(runs_root, "*")) if latest_checkpoint(d)]
         if not runs:
@@ -46,25 +47,18 @@ def resolve_checkpoint(path, runs_root="runs"):
         path = max(runs, key=os.path.getmtime)
         print(f"using the newest run: {path}")
     if os.path.isdir(path):
-        found = latest_checkpoint(path)
+        found, what = run_checkpoint(path, pick)
         if found is None:
             raise UsageError(f"--checkpoint {path}: no checkpoints in this run dir")
-        return found
+        return found, what
     if not os.path.isfile(path):
         raise UsageError(f"--checkpoint {path}: no such file or run dir")
-    return path
+    return path, "the given file"
 
 
 def load_run(path, use_ema=True, trust=False):
     """(model in eval mode, checkpoint dict) from one of our stage 2 checkpoints."""
-    try:
-        ckpt = load_dit_checkpoint(path, trust=trust)
-    except CheckpointError as e:
-        raise UsageError(str(e)) from None
-    needed = ("model_config", "stats", "classes", "latent_shape")
-    if not isinstance(ckpt, dict) or any(k not in ckpt for k in needed):
-        raise UsageError(f"--checkpoint {path}: not a stage 2 checkpoint of this project (needs {', '.join(needed)}); "
-                         f"a released ImageNet model must be fine-tuned first (stage 2 --init_from)")
+    ckpt = read_checkpoint(path, trust=trust)
     model = LightningDiT(**ckpt["model_config"])
     try:
         model.load_state_dict(dit_state_dict_from_checkpoint(ckpt, prefer_ema=use_ema, path=path), strict=True)
@@ -88,57 +82,98 @@ def select_classes(requested, classes):
     return sorted(set(ids))
 
 
-def image_path(out_dir, class_name, k):
-    name = safe_name(class_name)
-    return os.path.join(out_dir, name, f"{name}_{k:05d}.png")
+def image_file(folder, k):
+    """Relative path of generated image k in a class folder."""
+    return os.path.join(folder, f"{folder}_{k:05d}.png")
 
 
-def _check_output_dir(out_dir, manifest_settings, overwrite):
-    """Refuse an output dir holding images from other settings (unless --overwrite, which clears ours)."""
-    record = os.path.join(out_dir, "samples.json")
-    if not os.path.isfile(record):
-        return
-    old = json.load(open(record))
-    same = old.get("settings") == manifest_settings
-    if same and not overwrite:
-        return
+# --------------------------------------------------------------------------------
+#                     Output dir: stage 3 owns only what it wrote
+# --------------------------------------------------------------------------------
+
+# Files stage 3 writes beside the class folders (only ever touched in a dir whose samples.json is ours).
+SUMMARY_FILES = ("samples.json", "grid.png", "latents.safetensors", "eval.json", "eval.png", "memorisation.png",
+                 "generated.zip", "generated.tar")
+PARTIAL_DIR = ".latents_partial"
+
+
+def owned_files(record):
+    """Relative paths of the images a samples.json record says stage 3 wrote (older records: their image list)."""
+    if "files" in record:
+        return set(record["files"])
+    return {img["file"] for images in record.get("images", {}).values() for img in images}
+
+
+def foreign_files(out_dir, owned, summary_ours):
+    """Files under out_dir that are not in `owned`, our temp files, partial latents or (when the dir holds our
+    samples.json) our summary files."""
+    found = []
+    for root, dirs, files in os.walk(out_dir):
+        rel_root = os.path.relpath(root, out_dir)
+        dirs[:] = sorted(d for d in dirs if not (rel_root == "." and d == PARTIAL_DIR))
+        for name in sorted(files):
+            rel = os.path.normpath(os.path.join(rel_root, name))
+            if rel not in owned and not is_temp_file(name) and not (summary_ours and rel_root == "."
+                                                                    and name in SUMMARY_FILES):
+                found.append(rel)
+    return found
+
+
+def remove_owned(out_dir, owned):
+    """--overwrite: delete the files stage 3 wrote (never anything else), then the folders they leave empty."""
+    for rel in sorted(owned) + list(SUMMARY_FILES):
+        path = os.path.join(out_dir, rel)
+        if os.path.isfile(path) and not os.path.islink(path):
+            os.unlink(path)
+    shutil.rmtree(os.path.join(out_dir, PARTIAL_DIR), ignore_errors=True)
+    for folder in sorted({os.path.dirname(rel) for rel in owned if os.path.dirname(rel)}, reverse=True):
+        with contextlib.suppress(OSError):  # not empty: it holds something we did not write
+            os.rmdir(os.path.join(out_dir, folder))
+
+
+def claim_output_dir(out_dir, settings, planned, overwrite):
+    """Make `out_dir` this run's, or refuse. Returns the image files to record: those of earlier runs with the
+    same settings plus `planned`. A dir holding any file stage 3 did not write is refused, so the real data
+    folder (or anything else of the user's) is never counted, mixed with or deleted."""
+    record_path = os.path.join(out_dir, "samples.json")
+    record = read_json(record_path) if os.path.isfile(record_path) else None
+    owned = owned_files(record) if record else set()
+    foreign = foreign_files(out_dir, owned, summary_ours=record is not None) if os.path.isdir(out_dir) else []
+    if foreign:
+        raise UsageError(f"--output_dir {out_dir}: holds {len(foreign)} file(s) that stage 3 did not write "
+                         f"(e.g. {foreign[0]}); stage 3 writes only into a new or empty folder or its own earlier "
+                         f"output, choose another --output_dir")
+    if record is None:
+        return sorted(planned)
+    if record.get("settings") == settings:
+        return sorted(owned | set(planned))
     if not overwrite:
-        diff = config_differences(old.get("settings", {}), manifest_settings, ignore=())
+        diff = config_differences(record.get("settings", {}), settings, ignore=())
         raise UsageError(f"--output_dir {out_dir}: holds images generated with other settings ({', '.join(diff)}); "
-                         f"pass --overwrite or choose another --output_dir")
-    for name in old.get("class_folders", []):
-        shutil.rmtree(os.path.join(out_dir, safe_name(name)), ignore_errors=True)
-    for name in ("grid.png", "latents.safetensors", "eval.json", "samples.json"):
-        if os.path.exists(os.path.join(out_dir, name)):
-            os.unlink(os.path.join(out_dir, name))
-    shutil.rmtree(os.path.join(out_dir, ".latents_partial"), ignore_errors=True)
+                         f"pass --overwrite to replace them (only files stage 3 wrote are removed) or choose another "
+                         f"--output_dir")
+    remove_owned(out_dir, owned)
+    return sorted(planned)
 
 
-def write_images(images, jobs, out_dir, classes, gray, original_sizes):
-    for img, (c, k) in zip(images, jobs):
-        size = original_sizes.get(classes[c]) if original_sizes is not None else None
-        save_image(img, image_path(out_dir, classes[c], k), gray, size=tuple(size) if size else None)
-
-
-def make_archive(out_dir, kind, class_names):
-    """Pack the class folders into generated.zip or generated.tar (Kaggle downloads only 500 files)."""
+def make_archive(out_dir, kind, files):
+    """Pack the generated images (relative paths) into generated.zip or generated.tar (Kaggle downloads
+    only 500 files)."""
     path = os.path.join(out_dir, f"generated.{kind}")
-    tmp = path + ".tmp"
-    files = sorted(p for n in class_names for p in glob.glob(os.path.join(out_dir, safe_name(n), "*.png")))
-    if kind == "zip":
-        with zipfile.ZipFile(tmp, "w", zipfile.ZIP_STORED) as z:
-            for p in files:
-                z.write(p, os.path.relpath(p, out_dir))
-    else:
-        with tarfile.open(tmp, "w") as t:
-            for p in files:
-                t.add(p, os.path.relpath(p, out_dir))
-    os.replace(tmp, path)
+    with atomic_path(path) as tmp:
+        if kind == "zip":
+            with zipfile.ZipFile(tmp, "w", zipfile.ZIP_STORED) as z:
+                for rel in files:
+                    z.write(os.path.join(out_dir, rel), rel)
+        else:
+            with tarfile.open(tmp, "w") as t:
+                for rel in files:
+                    t.add(os.path.join(out_dir, rel), rel)
     return path
 
 
 def generate(args):
-    """Stage 3 end to end. Returns the samples.json manifest on rank 0 (None elsewhere)."""
+    """Stage 3 end to end. Returns (the samples.json manifest, the tokenizer) on rank 0 (None elsewhere)."""
     rank, world, local_rank = init_distributed()
     try:
         return _generate(args, rank, world, local_rank)
@@ -149,42 +184,40 @@ def generate(args):
 def _generate(args, rank, world, local_rank):
     t_start = time.time()
     device = pick_device(args.device, local_rank)
-    dtype, _ = pick_precision(args.precision, device)
-    ckpt_path = resolve_checkpoint(args.checkpoint)
+    dtype = pick_precision(args.precision, device)
+    ckpt_path, picked = resolve_checkpoint(args.checkpoint, args.pick)
     model, ckpt = load_run(ckpt_path, use_ema=not args.no_ema, trust=args.trust_checkpoint)
     model.to(device)
     classes = ckpt["classes"]
     class_ids = select_classes(args.classes, classes)
-    sampling = {k: ckpt["config"]["sample"][k] for k in SAMPLING_KEYS}
-    if args.preset:
-        sampling.update(PRESETS[args.preset])
-    for key, value in (("num_steps", args.steps), ("method", args.method), ("cfg_scale", args.cfg_scale),
-                       ("cfg_interval_start", args.cfg_interval_start), ("timestep_shift", args.timestep_shift)):
-        if value is not None:
-            sampling[key] = value
-    if len(classes) == 1:
-        sampling["cfg_scale"] = 1.0  # unconditional model: nothing to guide towards
+    folders = unique_folder_names(classes)
+    if args.eval:
+        check_heldout(ckpt["latent_dir"])  # refuse before generating anything
+    sampling = sampling_settings(ckpt, args)
     latent_shape = list(ckpt["latent_shape"])
     tokenizer = load_vavae(args.vavae_path, device=device, latent_channels=latent_shape[0], trust=args.trust_checkpoint)
-    gray = ckpt.get("color_mode") == "gray"
-    original_sizes = ckpt.get("original_sizes", {}) if args.original_size else None
+    gray = ckpt["color_mode"] == "gray"
+    original_sizes = ckpt["original_sizes"] or {} if args.original_size else None
     stats = ckpt["stats"]
+    weights = "ema" if not args.no_ema else "model"
 
-    settings = dict(checkpoint=os.path.abspath(ckpt_path), step=int(ckpt.get("step", 0)), ema=not args.no_ema,
-                    seed=args.seed, **sampling, stats_source=stats.get("source"), tokenizer=str(args.vavae_path),
-                    original_size=bool(args.original_size), color_mode="gray" if gray else "rgb",
-                    precision=args.precision)
+    settings = dict(step=int(ckpt["step"]), weights=weights, weights_sha1=tensor_fingerprint(ckpt[weights]),
+                    seed=args.seed, **sampling, stats_source=stats.get("source"),
+                    tokenizer=os.path.basename(str(args.vavae_path)), original_size=bool(args.original_size),
+                    color_mode="gray" if gray else "rgb", precision=args.precision)
+    planned = [image_file(folders[classes[c]], k) for c in class_ids for k in range(args.num_per_class)]
     if rank == 0:
-        _check_output_dir(args.output_dir, settings, args.overwrite)
+        print(f"checkpoint: {ckpt_path} ({picked}, step {settings['step']})")
+        files = claim_output_dir(args.output_dir, settings, planned, args.overwrite)
         os.makedirs(args.output_dir, exist_ok=True)
         write_json_atomic(os.path.join(args.output_dir, "samples.json"),
-                          dict(settings=settings, class_folders=[classes[c] for c in class_ids], complete=False))
+                          dict(settings=settings, checkpoint=os.path.abspath(ckpt_path), files=files, complete=False))
     barrier(world)
 
     jobs = [(c, k) for c in class_ids for k in range(args.num_per_class)
-            if not os.path.isfile(image_path(args.output_dir, classes[c], k))]
+            if not os.path.isfile(os.path.join(args.output_dir, image_file(folders[classes[c]], k)))]
     mine = jobs[rank::world]
-    partial_dir = os.path.join(args.output_dir, ".latents_partial")
+    partial_dir = os.path.join(args.output_dir, PARTIAL_DIR)
     bar = tqdm(total=len(mine), unit="img", desc="generate", disable=rank != 0)
     for start in range(0, len(mine), args.batch_size):
         batch = mine[start:start + args.batch_size]
@@ -192,12 +225,14 @@ def _generate(args, rank, world, local_rank):
         z = sample_latents(model, [c for c, _ in batch], seeds, latent_shape, sampling, device, dtype)
         z = denormalise(z, stats)
         if args.save_latents:
-            os.makedirs(partial_dir, exist_ok=True)
             with atomic_path(os.path.join(partial_dir, f"rank{rank}_{start:07d}_{time.time_ns()}.safetensors")) as tmp:
                 save_file({"latents": z.cpu().contiguous(), "labels": torch.tensor([c for c, _ in batch]),
                            "index": torch.tensor([k for _, k in batch])}, tmp)
         images = decode_latents(tokenizer, z, device, dtype, chunk=args.decode_chunk)
-        write_images(images, batch, args.output_dir, classes, gray, original_sizes)
+        for img, (c, k) in zip(images, batch):
+            size = original_sizes.get(classes[c]) if original_sizes is not None else None
+            save_image(img, os.path.join(args.output_dir, image_file(folders[classes[c]], k)), gray,
+                       size=tuple(size) if size else None)
         bar.update(len(batch))
     bar.close()
     barrier(world)
@@ -205,25 +240,45 @@ def _generate(args, rank, world, local_rank):
         return None
 
     # ---- summary outputs (rank 0) ----------------------------------------------------------------
-    rows = [[image_path(args.output_dir, classes[c], k) for k in range(min(8, args.num_per_class))] for c in class_ids]
+    rows = [[os.path.join(args.output_dir, image_file(folders[classes[c]], k)) for k in range(min(8, args.num_per_class))]
+            for c in class_ids]
     width, height = Image.open(rows[0][0]).size   # with --original_size, classes differ: show all at one size
     rows = [[load_for_tokenizer(p, (height, width))[0] for p in row] for row in rows]
     make_grid(rows, gray).save(os.path.join(args.output_dir, "grid.png"))
     if args.save_latents:
         _merge_latents(partial_dir, os.path.join(args.output_dir, "latents.safetensors"))
-    per_image = {classes[c]: [dict(file=os.path.relpath(image_path(args.output_dir, classes[c], k), args.output_dir),
-                                   seed=image_seed(args.seed, c, k)) for k in range(args.num_per_class)]
-                 for c in class_ids}
-    manifest = dict(settings=settings, class_folders=[classes[c] for c in class_ids], complete=True,
-                    latent_dir=ckpt.get("latent_dir"),
-                    classes={classes[c]: dict(label=c, folder=safe_name(classes[c]), count=args.num_per_class)
-                             for c in class_ids},
-                    images=per_image, generated_this_run=len(jobs), time_s=round(time.time() - t_start, 2))
+    # Every image of this dir (this run's and earlier runs' with the same settings), with its seed.
+    by_folder = {folders[n]: (c, n) for c, n in enumerate(classes)}
+    images = {}
+    for rel in files:
+        folder = os.path.dirname(rel)
+        c, name = by_folder[folder]
+        k = int(os.path.splitext(os.path.basename(rel))[0].rsplit("_", 1)[1])
+        images.setdefault(name, []).append(dict(file=rel, seed=image_seed(args.seed, c, k)))
+    manifest = dict(settings=settings, checkpoint=os.path.abspath(ckpt_path), checkpoint_picked=picked,
+                    files=files, complete=True, latent_dir=ckpt["latent_dir"],
+                    classes={n: dict(label=classes.index(n), folder=folders[n], count=len(v)) for n, v in images.items()},
+                    images=images, generated_this_run=len(jobs), time_s=round(time.time() - t_start, 2))
     if args.archive:
-        manifest["archive"] = os.path.basename(make_archive(args.output_dir, args.archive,
-                                                            [classes[c] for c in class_ids]))
+        manifest["archive"] = os.path.basename(make_archive(args.output_dir, args.archive, files))
     write_json_atomic(os.path.join(args.output_dir, "samples.json"), manifest)
-    return manifest
+    return manifest, tokenizer
+
+
+def sampling_settings(ckpt, args):
+    """The run's sampling settings (chosen on held-out data by stage 2 when it could, else its config), then
+    --preset, then single flags."""
+    sampling = {k: ckpt["config"]["sample"][k] for k in SAMPLING_KEYS}
+    sampling.update({k: v for k, v in (ckpt["sampling"] or {}).items() if k in SAMPLING_KEYS})
+    if args.preset:
+        sampling.update(PRESETS[args.preset])
+    for key, value in (("num_steps", args.steps), ("method", args.method), ("cfg_scale", args.cfg_scale),
+                       ("cfg_interval_start", args.cfg_interval_start), ("timestep_shift", args.timestep_shift)):
+        if value is not None:
+            sampling[key] = value
+    if len(ckpt["classes"]) == 1:
+        sampling["cfg_scale"] = 1.0  # unconditional model: nothing to guide towards
+    return sampling
 
 
 def _merge_latents(partial_dir, path):

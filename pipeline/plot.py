@@ -7,8 +7,9 @@ from PIL import Image, ImageDraw
 COLORS = [(31, 119, 180), (214, 39, 40), (44, 160, 44), (255, 127, 14), (148, 103, 189), (140, 86, 75)]
 
 
-def line_plot(series, path, title="", xlabel="", ylabel="", log_y=False, size=(640, 400)):
-    """series: {label: (xs, ys)} -> PNG with axes, min/max tick labels and a legend."""
+def line_plot(series, path, title="", xlabel="", ylabel="", log_y=False, size=(640, 400), vlines=None):
+    """series: {label: (xs, ys)} -> PNG with axes, min/max tick labels and a legend; vlines: {label: x}
+    dashed vertical markers (e.g. the chosen checkpoint)."""
     w, h = size
     left, right, top, bottom = 70, 20, 30, 45
     img = Image.new("RGB", size, "white")
@@ -42,5 +43,10 @@ def line_plot(series, path, title="", xlabel="", ylabel="", log_y=False, size=(6
             d.line(line, fill=color, width=2)
         for p in line if len(line) < 40 else []:
             d.ellipse([p[0] - 2, p[1] - 2, p[0] + 2, p[1] + 2], fill=color)
-        d.text((w - right - 160, top + 5 + 14 * i), label, fill=color)
+        d.text((w - right - 250, top + 5 + 14 * i), label, fill=color)
+    for j, (label, x) in enumerate((vlines or {}).items()):
+        px = to_px(x, 10 ** y0 if log_y else y0)[0]
+        for y in range(top, h - bottom, 8):
+            d.line([(px, y), (px, min(y + 4, h - bottom))], fill="black", width=2)
+        d.text((min(px + 4, w - right - 120), top + 5 + 14 * (len(series) + j)), label, fill="black")
     img.save(path)

@@ -1,38 +1,64 @@
 """
 Stage 2 logic: train a class-conditional LightningDiT with rectified flow on stage 1's latents.
-`stage2_train_dit.py` is its command line; the loop in `train()` reads top to bottom.
+`stage2_train_dit.py` is its command line; the loop in `_train()` reads top to bottom.
 
 Recipe (LightningDiT): velocity prediction on the linear path, logit-normal t, MSE + cosine loss,
-label dropout 0.1 for classifier-free guidance, AdamW (lr 2e-4, betas 0.9/0.95, no weight decay),
-gradient clipping, EMA with a warm-up. Latents live on the device; batches are drawn there.
-Resume restores model, EMA, optimizer, scaler, step, data order and RNG: on the CPU, N steps +
-resume + N steps equal 2N uninterrupted steps exactly.
+label dropout for classifier-free guidance, AdamW (betas 0.9/0.95), gradient clipping, EMA with a
+warm-up. Latents live on the device; batches are drawn there.
+
+Small data sets overfit: the run length follows the data (`train.epochs` over the training images
+unless `train.max_steps` is set), and every `monitor.every` steps the EMA model is scored on held-out
+latents (pipeline/heldout.py). The best-scoring step is saved as checkpoints/best.pt (stage 3's
+default), training stops after `monitor.patience` checks without improvement, and at the end the
+guidance scale and interval are chosen on the held-out set and recorded in best.pt.
+
+Resume restores model, EMA, optimizer, scaler, step, data order, RNG and the held-out monitor: on the
+CPU, N steps + resume + N steps equal 2N uninterrupted steps exactly.
 """
 
+import contextlib
 import copy
 import glob
 import json
+import math
 import os
 import signal
 import subprocess
 import time
+from dataclasses import dataclass
+from typing import Optional
 
 import torch
 import torch.nn as nn
 
 from models.lightningdit import LightningDiT_models, dit_state_dict_from_checkpoint, load_dit_checkpoint
-from models.safe_load import CheckpointError, atomic_torch_save
+from models.safe_load import CheckpointError
 from models.transport import training_losses
-from pipeline.common import (UsageError, autocast, cleanup_distributed, init_distributed, pick_device,
-                             pick_precision, run_lock, write_text_atomic)
+from pipeline.checkpoint import (FORMAT_VERSION, latents_fingerprint, latest_checkpoint, read_checkpoint,
+                                 save_best, save_checkpoint)
+from pipeline.common import (UsageError, autocast, cleanup_distributed, init_distributed, is_temp_file, pick_device,
+                             pick_precision, read_json, run_lock, write_text_atomic)
 from pipeline.config import config_differences, save_config
 from pipeline.generate import decode_latents, denormalise, image_seed, latent_maps, sample_latents
+from pipeline.heldout import HeldoutSet, tune_sampling
 from pipeline.images import make_grid
 from pipeline.latents import load_latents
 from pipeline.plot import line_plot
 from pipeline.stats import load_stats, read_recommendation
 
 VALIDATION_T = (0.1, 0.3, 0.5, 0.7, 0.9)
+
+
+@dataclass(frozen=True)
+class RunSettings:
+    """What stage 2 needs besides the config: where data and run live, and how to start."""
+    latent_dir: str
+    output_dir: str
+    resume: str = "auto"               # auto | none | a checkpoint file
+    init_from: Optional[str] = None
+    vavae_path: Optional[str] = None   # decodes the sample grids when given
+    device: str = "auto"
+    trust_checkpoint: bool = False
 
 
 # --------------------------------------------------------------------------------
@@ -43,7 +69,7 @@ def load_dataset_manifest(latent_dir):
     path = os.path.join(latent_dir, "dataset.json")
     if not os.path.isfile(path):
         raise UsageError(f"--latent_dir {latent_dir}: no dataset.json; run stage1_extract_features.py (to its end) first")
-    return json.load(open(path))
+    return read_json(path)
 
 
 def choose_stats(latent_dir, requested, channels, init_stats=None):
@@ -56,9 +82,7 @@ def choose_stats(latent_dir, requested, channels, init_stats=None):
             requested = init_stats["source"]
         else:
             requested = read_recommendation(latent_dir) or "micro_doppler"
-    name = {"micro_doppler": "latents_stats.pt", "imagenet": "latents_stats_imagenet.pt"}.get(requested)
-    if name is None:
-        raise UsageError(f"--stats {requested}: use auto, micro_doppler or imagenet")
+    name = {"micro_doppler": "latents_stats.pt", "imagenet": "latents_stats_imagenet.pt"}[requested]
     path = os.path.join(latent_dir, name)
     if not os.path.isfile(path):
         hint = "pass --imagenet_stats to stage 1" if requested == "imagenet" else "rerun stage 1"
@@ -69,11 +93,41 @@ def choose_stats(latent_dir, requested, channels, init_stats=None):
         raise UsageError(str(e)) from None
 
 
+def check_classes(labels, classes, latent_dir):
+    """Every class needs training latents: a class without any would be sampled from an untrained label."""
+    counts = torch.bincount(labels, minlength=len(classes)).tolist()
+    empty = [c for c, n in zip(classes, counts) if n == 0]
+    if empty:
+        raise UsageError(f"--latent_dir {latent_dir}: class(es) {', '.join(empty)} have no training latents "
+                         f"(per-class counts {counts}; a shard missing or their images unreadable); rerun stage 1")
+    return counts
+
+
 def batch_indices(seed, step, rank, num_items, batch_size):
     """Indices of the batch at `step` on `rank`: a function of its arguments only, so resuming at any step
     draws the same data as an uninterrupted run. Uniform with replacement (small data sets)."""
     g = torch.Generator().manual_seed(seed * 1_000_003 + step * 131 + rank)
     return torch.randint(num_items, (batch_size,), generator=g)
+
+
+def time_shift(x, max_fraction, seed, step, rank):
+    """Augmentation: roll each latent (B, C, h, w) along time (width) by up to max_fraction of its width;
+    a spectrogram shifted in time shows the same activity. Stateless like batch_indices."""
+    if max_fraction <= 0:
+        return x
+    g = torch.Generator().manual_seed(seed * 7_000_003 + step * 17 + rank)
+    limit = max(1, int(round(max_fraction * x.shape[-1])))
+    shifts = torch.randint(-limit, limit + 1, (x.shape[0],), generator=g).tolist()
+    return torch.stack([torch.roll(xi, s, dims=-1) for xi, s in zip(x, shifts)])
+
+
+def resolve_max_steps(tcfg, num_train):
+    """train.max_steps when set, else train.epochs passes over the training images, within
+    [train.min_steps, train.max_steps_cap]."""
+    if tcfg["max_steps"] is not None:
+        return int(tcfg["max_steps"])
+    steps = math.ceil(tcfg["epochs"] * num_train / tcfg["batch_size"])
+    return int(min(max(steps, tcfg["min_steps"]), tcfg["max_steps_cap"]))
 
 
 # --------------------------------------------------------------------------------
@@ -87,6 +141,10 @@ def build_model(model_cfg, latent_shape, num_classes):
     channels, h, w = latent_shape
     if h != w:
         raise UsageError(f"latents of {h}x{w}: LightningDiT needs square latents; use a square --image_size in stage 1")
+    patch = int(name.rsplit("/", 1)[1])
+    if h % patch:
+        raise UsageError(f"latents of {h}x{w} cannot be cut into {patch}x{patch} patches ({name}); use a model with "
+                         f"patch size 1 or a larger --image_size in stage 1")
     flags = {k: model_cfg[k] for k in ("use_qknorm", "use_swiglu", "use_rope", "use_rmsnorm", "wo_shift")}
     # One class: unconditional training, no null row needed and no guidance.
     dropout = model_cfg["class_dropout_prob"] if num_classes > 1 else 0.0
@@ -135,6 +193,14 @@ def make_optimizer(params, tcfg):
                              weight_decay=tcfg["weight_decay"], fused=True)
 
 
+def make_grad_scaler(device, dtype):
+    """The grad scaler also skips steps whose gradients are not finite, in every precision. With fp32/bf16 its
+    scale stays 1 (a power of two), so scaled and unscaled gradients are bit-identical."""
+    fp16 = dtype == torch.float16
+    return torch.amp.GradScaler(device.type, init_scale=2.0 ** 16 if fp16 else 1.0,
+                                growth_interval=2000 if fp16 else 2 ** 30)
+
+
 @torch.no_grad()
 def ema_update(ema, model, decay):
     """ema <- decay * ema + (1 - decay) * model, for parameters; buffers are copied."""
@@ -150,6 +216,34 @@ def ema_decay_at(step, target):
     return min(target, (1 + step) / (10 + step))
 
 
+def lr_at(step, tcfg):
+    return tcfg["lr"] * min(1.0, (step + 1) / tcfg["warmup_steps"]) if tcfg["warmup_steps"] else tcfg["lr"]
+
+
+# --------------------------------------------------------------------------------
+#                               The training step
+# --------------------------------------------------------------------------------
+
+def train_step(train_model, params, opt, scaler, x1, y, lr, tcfg, device, dtype):
+    """One optimizer step on a batch (x1 (B, C, h, w) normalised latents, y (B,) labels). No host sync.
+    Returns (losses (3,) = loss, mse, cos as float32 tensors, gradient norm, finite flag)."""
+    for group in opt.param_groups:
+        group["lr"] = lr
+    train_model.train()
+    with autocast(device, dtype):
+        losses = training_losses(train_model, x1, y)
+    loss = (losses["mse"] + tcfg["cos_loss_weight"] * losses["cos"]).mean()
+    opt.zero_grad(set_to_none=True)
+    scaler.scale(loss).backward()
+    scaler.unscale_(opt)
+    grad_norm = torch.nn.utils.clip_grad_norm_(params, tcfg["grad_clip"])
+    scaler.step(opt)   # skipped when gradients are not finite
+    scaler.update()
+    finite = torch.isfinite(loss.detach()) & torch.isfinite(grad_norm)
+    values = torch.stack([loss.detach(), losses["mse"].mean().detach(), losses["cos"].mean().detach()]).float()
+    return values, grad_norm, finite
+
+
 # --------------------------------------------------------------------------------
 #                                Checkpoints
 # --------------------------------------------------------------------------------
@@ -163,29 +257,6 @@ def code_version():
         return "unknown"
 
 
-def latest_checkpoint(run_dir):
-    """Path of the checkpoint named by checkpoints/latest (falling back to the newest complete file)."""
-    ckpt_dir = os.path.join(run_dir, "checkpoints")
-    pointer = os.path.join(ckpt_dir, "latest")
-    if os.path.isfile(pointer):
-        path = os.path.join(ckpt_dir, open(pointer).read().strip())
-        if os.path.isfile(path):
-            return path
-    files = sorted(glob.glob(os.path.join(ckpt_dir, "[0-9]" * 7 + ".pt")))
-    return files[-1] if files else None
-
-
-def save_checkpoint(run_dir, state, keep_last):
-    """Write checkpoints/NNNNNNN.pt atomically, then the `latest` pointer, then prune old ones."""
-    ckpt_dir = os.path.join(run_dir, "checkpoints")
-    name = f"{state['step']:07d}.pt"
-    atomic_torch_save(state, os.path.join(ckpt_dir, name))
-    write_text_atomic(os.path.join(ckpt_dir, "latest"), name + "\n")
-    for old in sorted(glob.glob(os.path.join(ckpt_dir, "[0-9]" * 7 + ".pt")))[:-keep_last]:
-        os.unlink(old)
-    return os.path.join(ckpt_dir, name)
-
-
 def _rng_state():
     return {"torch": torch.get_rng_state(),
             "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else []}
@@ -195,6 +266,16 @@ def _set_rng_state(state):
     torch.set_rng_state(state["torch"])
     if torch.cuda.is_available() and state.get("cuda"):
         torch.cuda.set_rng_state_all(state["cuda"])
+
+
+def _gather_rng(world):
+    """Every rank's RNG state (collective under DDP)."""
+    if world == 1:
+        return [_rng_state()]
+    import torch.distributed as dist
+    rngs = [None] * world
+    dist.all_gather_object(rngs, _rng_state())
+    return rngs
 
 
 # --------------------------------------------------------------------------------
@@ -215,6 +296,26 @@ def validation_loss(model, latents, labels, seed, device, dtype):
     return out
 
 
+def new_monitor():
+    """The held-out monitor's state, saved in every checkpoint so that a resumed run keeps its best-so-far."""
+    return dict(best_score=None, best_step=None, checks_since_best=0, turned_at=None)
+
+
+def update_monitor(monitor, step, score):
+    """Record a held-out score (lower is better). Returns (improved, turned): turned is True the first time
+    the score gets worse than the best so far."""
+    improved = monitor["best_score"] is None or score < monitor["best_score"]
+    turned = False
+    if improved:
+        monitor.update(best_score=score, best_step=step, checks_since_best=0)
+    else:
+        monitor["checks_since_best"] += 1
+        turned = monitor["turned_at"] is None
+        if turned:
+            monitor["turned_at"] = step
+    return improved, turned
+
+
 def save_sample_grid(path, ema, meta, cfg, device, dtype, tokenizer):
     """One row per class, fixed noise across the run, EMA weights; decoded when a tokenizer is given."""
     per_class = cfg["log"]["samples_per_class"]
@@ -229,22 +330,29 @@ def save_sample_grid(path, ema, meta, cfg, device, dtype, tokenizer):
         images = latent_maps(z)
     rows = [list(images[c * per_class:(c + 1) * per_class]) for c in range(len(classes))]
     os.makedirs(os.path.dirname(path), exist_ok=True)
-    make_grid(rows, gray=meta.get("color_mode") == "gray").save(path)
+    make_grid(rows, gray=meta["color_mode"] == "gray").save(path)
 
 
-def plot_log(run_dir):
-    rows = [json.loads(line) for line in open(os.path.join(run_dir, "log.jsonl")) if line.strip()]
+def plot_log(run_dir, best_step=None):
+    """loss.png: train loss, held-out loss at fixed t and the held-out score, the chosen checkpoint marked."""
+    with open(os.path.join(run_dir, "log.jsonl")) as f:
+        rows = [json.loads(line) for line in f if line.strip()]
     train = [r for r in rows if "loss" in r]
     val = [r for r in rows if "val_loss" in r]
+    score = [r for r in rows if "heldout_score" in r]
     series = {"train loss": ([r["step"] for r in train], [r["loss"] for r in train])}
     if val:
         series["held-out loss (fixed t)"] = ([r["step"] for r in val], [r["val_loss"] for r in val])
-    line_plot(series, os.path.join(run_dir, "loss.png"), title="stage 2 loss (mse + cos)", xlabel="step",
-              ylabel="loss", log_y=True)
+    if score:
+        series["held-out score (sample FD x (2 - tstr))"] = ([r["step"] for r in score],
+                                                             [r["heldout_score"] for r in score])
+    marks = {f"best.pt (step {best_step})": best_step} if best_step is not None else {}
+    line_plot(series, os.path.join(run_dir, "loss.png"), title="stage 2: loss and held-out signal", xlabel="step",
+              ylabel="value", log_y=True, vlines=marks)
 
 
 # --------------------------------------------------------------------------------
-#                                 Training
+#                              Run dir and resume
 # --------------------------------------------------------------------------------
 
 class StopFlag:
@@ -288,97 +396,137 @@ def prepare_run_dir(run_dir, cfg, resume):
     return existing if resume == "auto" else None
 
 
-def train(cfg, args):
-    """The whole of stage 2. `cfg`: resolved config dict; `args`: latent_dir, output_dir, resume,
-    init_from, vavae_path, device, trust_checkpoint."""
+def load_resume(path, cfg, classes, latent_shape, fingerprint, settings, trust):
+    """Read the checkpoint to resume from and check it belongs to this config and these latents."""
+    ckpt = read_checkpoint(path, trust=trust, what="cannot resume:", need_training_state=True)
+    diff = config_differences(ckpt["config"], cfg)
+    if diff:
+        raise UsageError(f"cannot resume from {path}: it was trained with another config ({', '.join(diff[:6])}); "
+                         f"use a new --output_dir or the same settings")
+    if list(ckpt["latent_shape"]) != latent_shape or ckpt["classes"] != classes:
+        raise UsageError(f"--latent_dir {settings.latent_dir}: latents {latent_shape} of classes {classes} do not match "
+                         f"the run being resumed ({ckpt['latent_shape']}, {ckpt['classes']}): another tokenizer "
+                         f"or data set; use a new --output_dir")
+    if ckpt["latents_fingerprint"] not in (None, fingerprint):
+        raise UsageError(f"--latent_dir {settings.latent_dir}: holds other latents than the run at step {ckpt['step']} "
+                         f"was trained on (fingerprint {fingerprint} vs {ckpt['latents_fingerprint']}; stage 1 was "
+                         f"rerun on changed data); use a new --output_dir")
+    return ckpt
+
+
+def _truncate_log(path, step):
+    """Drop log rows of steps an interrupted run did past its last checkpoint (all of them on a fresh start)."""
+    if os.path.isfile(path):
+        with open(path) as f:
+            rows = [line for line in f if line.strip() and json.loads(line)["step"] <= step]
+        write_text_atomic(path, "".join(rows))
+
+
+def _stop_reason(stop, budget, t_start, world, device):
+    """Signal or time budget; agreed on by every rank under DDP."""
+    reason = 0
+    if stop.signal:
+        reason = 1
+    elif budget and time.time() - t_start > float(budget):
+        reason = 2
+    if world > 1:
+        import torch.distributed as dist
+        flag = torch.tensor([reason], device=device)
+        dist.all_reduce(flag, op=dist.ReduceOp.MAX)
+        reason = int(flag)
+    return {0: None, 1: f"signal {stop.signal or 'on another rank'}", 2: "time budget reached"}[reason]
+
+
+# --------------------------------------------------------------------------------
+#                                 Training
+# --------------------------------------------------------------------------------
+
+def train(cfg, settings):
+    """The whole of stage 2. `cfg`: validated config dict; `settings`: RunSettings."""
     rank, world, local_rank = init_distributed()
+    created = not os.path.exists(settings.output_dir)
     try:
         if rank == 0:
-            with run_lock(args.output_dir):
+            with run_lock(settings.output_dir):
                 # temp files of checkpoint writes that a killed run left behind are never read; remove them
-                for stale in glob.glob(os.path.join(args.output_dir, "checkpoints", ".tmp_*")):
-                    os.unlink(stale)
-                return _train(cfg, args, rank, world, local_rank)
-        return _train(cfg, args, rank, world, local_rank)
+                for stale in glob.glob(os.path.join(settings.output_dir, "checkpoints", ".tmp_*")):
+                    if is_temp_file(stale):
+                        os.unlink(stale)
+                return _train(cfg, settings, rank, world, local_rank)
+        return _train(cfg, settings, rank, world, local_rank)
+    except UsageError:
+        if rank == 0 and created:
+            with contextlib.suppress(OSError):
+                os.rmdir(settings.output_dir)   # refused before anything was written: leave no empty run dir
+        raise
     finally:
         cleanup_distributed(world)
 
 
-def _train(cfg, args, rank, world, local_rank):
-    tcfg, lcfg = cfg["train"], cfg["log"]
+def _train(cfg, settings, rank, world, local_rank):
+    tcfg, lcfg, mcfg = cfg["train"], cfg["log"], cfg["monitor"]
     log = print if rank == 0 else (lambda *a, **k: None)
-    device = pick_device(args.device, local_rank)
-    dtype, _ = pick_precision(tcfg["precision"], device)
+    device = pick_device(settings.device, local_rank)
+    dtype = pick_precision(tcfg["precision"], device)
     if tcfg["batch_size"] % world:
         raise UsageError(f"--batch_size {tcfg['batch_size']} is not divisible by the {world} processes")
     local_batch = tcfg["batch_size"] // world
-    resume_path = prepare_run_dir(args.output_dir, cfg, args.resume)
 
-    # ---- data: every train latent on the device, normalised once --------------------------
-    manifest = load_dataset_manifest(args.latent_dir)
-    data = load_latents(args.latent_dir)
+    # ---- data, model and the run being resumed: everything is checked before the first write -------------
+    manifest = load_dataset_manifest(settings.latent_dir)
+    data = load_latents(settings.latent_dir)
     classes = [c["name"] for c in manifest["classes"]]
     latent_shape = list(data["latents"].shape[1:])
     train_mask, val_mask = data["split"] == 0, data["split"] == 1
-
-    # ---- model, EMA, optimizer -------------------------------------------------------------
+    counts = check_classes(data["labels"][train_mask], classes, settings.latent_dir)
+    fingerprint = latents_fingerprint(data)
     torch.manual_seed(cfg["seed"] + rank)
     model = build_model(cfg["model"], latent_shape, len(classes)).to(device)
-    init_stats = None
-    if args.init_from and resume_path is None:
-        init_stats = init_from_checkpoint(model, args.init_from, classes, args.trust_checkpoint, log)
-    ckpt = None
+    resume_path = prepare_run_dir(settings.output_dir, cfg, settings.resume)
+    ckpt = init_stats = None
     if resume_path:
-        try:
-            ckpt = load_dit_checkpoint(resume_path, trust=args.trust_checkpoint)
-        except CheckpointError as e:
-            raise UsageError(f"cannot resume: {e}") from None
-        missing = [k for k in ("model", "ema", "opt", "scaler", "step", "stats", "classes", "latent_shape") if k not in ckpt]
-        if missing:
-            raise UsageError(f"cannot resume from {resume_path}: not a stage 2 checkpoint (no {', '.join(missing)}); "
-                             f"to start from other weights use --init_from")
-        if list(ckpt["latent_shape"]) != latent_shape or ckpt["classes"] != classes:
-            raise UsageError(f"--latent_dir {args.latent_dir}: latents {latent_shape} of classes {classes} do not match "
-                             f"the run being resumed ({ckpt['latent_shape']}, {ckpt['classes']}): another tokenizer "
-                             f"or data set; use a new --output_dir")
-        init_stats = ckpt.get("init_stats")
+        ckpt = load_resume(resume_path, cfg, classes, latent_shape, fingerprint, settings, settings.trust_checkpoint)
+        init_stats = ckpt["init_stats"]
+    elif settings.init_from:
+        init_stats = init_from_checkpoint(model, settings.init_from, classes, settings.trust_checkpoint, log)
     if ckpt is not None:
         stats, stats_source = {"mean": ckpt["stats"]["mean"], "std": ckpt["stats"]["std"]}, ckpt["stats"]["source"]
     else:
-        stats, stats_source = choose_stats(args.latent_dir, cfg["data"]["stats"], latent_shape[0], init_stats)
+        stats, stats_source = choose_stats(settings.latent_dir, cfg["data"]["stats"], latent_shape[0], init_stats)
     mean, std = stats["mean"].to(device), stats["std"].to(device)
-    latents = ((data["latents"][train_mask].to(device) - mean) / std)
+    latents = (data["latents"][train_mask].to(device) - mean) / std
     latents_flip = ((data["latents_flip"][train_mask].to(device) - mean) / std) if "latents_flip" in data else None
     labels = data["labels"][train_mask].to(device)
-    val_latents = ((data["latents"][val_mask][:256].to(device) - mean) / std)
-    val_labels = data["labels"][val_mask][:256].to(device)
-    if len(latents) == 0:
-        raise UsageError(f"--latent_dir {args.latent_dir}: no training latents (is every image held out?)")
+    heldout = None
+    if val_mask.any():
+        heldout = HeldoutSet(latents, (data["latents"][val_mask].to(device) - mean) / std, data["labels"][val_mask],
+                             len(classes))
+    max_steps = resolve_max_steps(tcfg, len(latents))
+    check_every = mcfg["every"] or max(1, max_steps // 10)
 
+    # ---- model, EMA, optimizer, scaler (restored when resuming) --------------------------------------------
     ema = copy.deepcopy(model).requires_grad_(False).eval()
     model.use_checkpoint = bool(tcfg["grad_checkpointing"])
     params = [p for p in model.parameters() if p.requires_grad]
     opt = make_optimizer(params, tcfg)
-    # The grad scaler also skips steps whose gradients are not finite, in every precision. With fp32/bf16 its
-    # scale stays a power of two, so scaled and unscaled gradients are bit-identical.
-    scaler = torch.amp.GradScaler(device.type, init_scale=2.0 ** 16 if dtype == torch.float16 else 1.0,
-                                  growth_interval=2000 if dtype == torch.float16 else 2 ** 30)
-    step = 0
+    scaler = make_grad_scaler(device, dtype)
+    step, monitor, sampling = 0, new_monitor(), None
     if ckpt is not None:
-        model.load_state_dict(dit_state_dict_from_checkpoint(ckpt, prefer_ema=False))
-        ema.load_state_dict(dit_state_dict_from_checkpoint(ckpt, prefer_ema=True))
-        opt.load_state_dict(ckpt["opt"])
+        try:
+            model.load_state_dict(dit_state_dict_from_checkpoint(ckpt, prefer_ema=False))
+            ema.load_state_dict(dit_state_dict_from_checkpoint(ckpt, prefer_ema=True))
+            opt.load_state_dict(ckpt["opt"])
+        except (RuntimeError, ValueError, KeyError) as e:
+            raise UsageError(f"cannot resume from {resume_path}: its weights do not fit {cfg['model']['name']} "
+                             f"({str(e).splitlines()[0][:120]}); use a new --output_dir") from None
         scaler.load_state_dict(ckpt["scaler"])
-        step = int(ckpt["step"])
-        rng = ckpt.get("rng") or []
-        if len(rng) == world:
-            _set_rng_state(rng[rank])
+        step, monitor, sampling = int(ckpt["step"]), ckpt["monitor"] or new_monitor(), ckpt["sampling"]
+        if len(ckpt["rng"] or []) == world:
+            _set_rng_state(ckpt["rng"][rank])
         else:
-            log(f"resume with {world} processes instead of {len(rng)}: random streams are re-seeded")
+            log(f"resume with {world} processes instead of {len(ckpt['rng'] or [])}: random streams are re-seeded")
             torch.manual_seed(cfg["seed"] * 7919 + step * 31 + rank)
         log(f"resumed from {resume_path} at step {step}")
-    if rank == 0:
-        _truncate_log(os.path.join(args.output_dir, "log.jsonl"), step)
     train_model = torch.compile(model) if tcfg["compile"] else model
     if world > 1:
         train_model = nn.parallel.DistributedDataParallel(train_model, device_ids=[local_rank] if device.type == "cuda" else None)
@@ -387,80 +535,87 @@ def _train(cfg, args, rank, world, local_rank):
                 stats={"mean": stats["mean"].cpu(), "std": stats["std"].cpu(), "source": stats_source},
                 image_size=manifest.get("image_size"), tokenizer=manifest.get("tokenizer", {}),
                 original_sizes={c["name"]: c.get("common_original_size") for c in manifest["classes"]},
-                latent_dir=os.path.abspath(args.latent_dir))
+                latent_dir=os.path.abspath(settings.latent_dir), data={k: manifest.get(k) for k in ("colormap", "value_range", "trim")},
+                latents_fingerprint=fingerprint, init_stats=init_stats, model_name=cfg["model"]["name"],
+                model_config=model.config)
+    log_path = os.path.join(settings.output_dir, "log.jsonl")
     tokenizer = None
     if rank == 0:
-        os.makedirs(args.output_dir, exist_ok=True)
-        save_config(cfg, os.path.join(args.output_dir, "config.yaml"))
-        if args.vavae_path:
+        os.makedirs(settings.output_dir, exist_ok=True)
+        _truncate_log(log_path, step)
+        save_config(cfg, os.path.join(settings.output_dir, "config.yaml"))
+        if settings.vavae_path:
             from models.vavae import load_vavae
-            tokenizer = load_vavae(args.vavae_path, device=device, latent_channels=latent_shape[0],
-                                   trust=args.trust_checkpoint)
+            tokenizer = load_vavae(settings.vavae_path, device=device, latent_channels=latent_shape[0],
+                                   trust=settings.trust_checkpoint)
     log(f"training {cfg['model']['name']} ({sum(p.numel() for p in params) / 1e6:.1f} M params) on {len(latents)} "
-        f"latents {latent_shape} of {len(classes)} classes, stats: {stats_source}, device {device}, "
-        f"precision {dtype or 'fp32'}, {world} process(es), batch {tcfg['batch_size']}")
+        f"latents {latent_shape} of {len(classes)} classes (per class {counts}), stats: {stats_source}, device "
+        f"{device}, precision {dtype or 'fp32'}, {world} process(es), batch {tcfg['batch_size']}, {max_steps} steps "
+        f"({max_steps * tcfg['batch_size'] / len(latents):.0f} epochs)"
+        + (f", held-out check every {check_every} steps (patience {mcfg['patience']})" if heldout else
+           ", no held-out images: the last checkpoint is used"))
 
-    def checkpoint_state():
-        rngs = [_rng_state()]
-        if world > 1:
-            import torch.distributed as dist
-            rngs = [None] * world
-            dist.all_gather_object(rngs, _rng_state())
-        return dict(model=model.state_dict(), ema=ema.state_dict(), opt=opt.state_dict(), scaler=scaler.state_dict(),
-                    step=step, rng=rngs, config=cfg, stats=meta["stats"], classes=classes, latent_shape=latent_shape,
-                    color_mode=meta["color_mode"], image_size=meta["image_size"], tokenizer=meta["tokenizer"],
-                    original_sizes=meta["original_sizes"], latent_dir=meta["latent_dir"], init_stats=init_stats,
-                    code_version=code_version(), model_config=model.config, model_name=cfg["model"]["name"])
+    def state(rng):
+        """This run's checkpoint (pipeline/checkpoint.py CHECKPOINT_KEYS)."""
+        return dict(meta, format_version=FORMAT_VERSION, model=model.state_dict(), ema=ema.state_dict(),
+                    opt=opt.state_dict(), scaler=scaler.state_dict(), step=step, rng=rng, config=cfg,
+                    monitor=dict(monitor), sampling=sampling, code_version=code_version())
 
     def save(reason):
-        state = checkpoint_state()  # collective under DDP: every rank takes part
+        snapshot = state(_gather_rng(world))  # collective under DDP: every rank takes part
         if rank == 0:
-            path = save_checkpoint(args.output_dir, state, lcfg["keep_last"])
-            log(f"step {step}: checkpoint {path} ({reason})")
+            log(f"step {step}: checkpoint {save_checkpoint(settings.output_dir, snapshot, lcfg['keep_last'])} ({reason})")
 
-    # ---- the loop ----------------------------------------------------------------------------
-    max_steps, budget = int(tcfg["max_steps"]), tcfg["time_budget"]
+    def check_heldout():
+        """Score the EMA on held-out data; best.pt follows the best score. Returns a stop reason or None."""
+        row = dict(step=step, **validation_loss(ema, heldout.latents.to(device), heldout.labels.to(device),
+                                                cfg["seed"], device, dtype))
+        monitor_sampling = dict(cfg["sample"], num_steps=mcfg["num_steps"],
+                                cfg_scale=cfg["sample"]["cfg_scale"] if len(classes) > 1 else 1.0)
+        result = heldout.score_model(ema, monitor_sampling, mcfg["samples_per_class"], cfg["seed"], latent_shape,
+                                     device, dtype)
+        row.update(heldout_score=result["score"], heldout_fd=result["fd"], heldout_tstr=result["tstr"])
+        with open(log_path, "a") as f:
+            f.write(json.dumps(row) + "\n")
+        improved, turned = update_monitor(monitor, step, result["score"])
+        log(f"step {step}: held-out score {result['score']:.4g} (FD {result['fd']:.4g}, tstr {result['tstr']:.2f}), "
+            f"loss at fixed t {row['val_loss']:.4f}" + (" - best so far, saved as checkpoints/best.pt" if improved else ""))
+        if improved:
+            save_best(settings.output_dir, state(rng=[]))
+        if turned:
+            log(f"step {step}: the held-out score turned (worse than step {monitor['best_step']}): the model starts to "
+                f"overfit; best.pt keeps step {monitor['best_step']}")
+        if mcfg["patience"] and monitor["checks_since_best"] >= mcfg["patience"]:
+            return f"early stop: no held-out improvement in {mcfg['patience']} checks (best at step {monitor['best_step']})"
+        return None
+
+    # ---- the loop ----------------------------------------------------------------------------------------------
     t_start = t_log = time.time()
     sum_loss = torch.zeros(3, device=device)   # loss, mse, cos summed over the log interval (no host sync)
     bad_steps = torch.zeros((), device=device)  # consecutive non-finite steps
     bad_total = torch.zeros((), device=device)
     steps_in_interval, stop_reason = 0, None
-    log_path = os.path.join(args.output_dir, "log.jsonl")
     with StopFlag() as stop:
         while step < max_steps:
-            # data
             idx = batch_indices(cfg["seed"], step, rank, len(latents), local_batch).to(device, non_blocking=True)
             x1, y = latents[idx], labels[idx]
             if latents_flip is not None:
                 use_flip = torch.rand(local_batch, device=device) < 0.5
                 x1 = torch.where(use_flip.view(-1, 1, 1, 1), latents_flip[idx], x1)
-            # forward / backward
-            lr = tcfg["lr"] * min(1.0, (step + 1) / tcfg["warmup_steps"]) if tcfg["warmup_steps"] else tcfg["lr"]
-            for group in opt.param_groups:
-                group["lr"] = lr
-            train_model.train()
-            with autocast(device, dtype):
-                losses = training_losses(train_model, x1, y)
-            loss = (losses["mse"] + tcfg["cos_loss_weight"] * losses["cos"]).mean()
-            opt.zero_grad(set_to_none=True)
-            scaler.scale(loss).backward()
-            scaler.unscale_(opt)
-            grad_norm = torch.nn.utils.clip_grad_norm_(params, tcfg["grad_clip"])
-            scaler.step(opt)   # skipped when gradients are not finite
-            scaler.update()
+            x1 = time_shift(x1, cfg["data"]["time_shift"], cfg["seed"], step, rank)
+            lr = lr_at(step, tcfg)
+            values, grad_norm, finite = train_step(train_model, params, opt, scaler, x1, y, lr, tcfg, device, dtype)
             ema_update(ema, model, ema_decay_at(step, tcfg["ema_decay"]))
-            finite = torch.isfinite(loss.detach()) & torch.isfinite(grad_norm)
             bad_steps = torch.where(finite, torch.zeros_like(bad_steps), bad_steps + 1)
             bad_total += (~finite).float()
-            sum_loss += torch.where(finite, torch.stack([loss.detach(), losses["mse"].mean().detach(),
-                                                         losses["cos"].mean().detach()]).float(), 0.0)
+            sum_loss += torch.where(finite, values, 0.0)
             step += 1
             steps_in_interval += 1
 
-            # logging, stopping, checkpoints and samples (the only host syncs)
+            # logging, stopping, held-out checks, checkpoints and samples (the only host syncs)
             at_log = step % lcfg["log_every"] == 0 or step == max_steps
             if at_log or world == 1:
-                stop_reason = _stop_reason(stop, budget, t_start, world, device)
+                stop_reason = _stop_reason(stop, tcfg["time_budget"], t_start, world, device)
             if at_log:
                 if int(bad_steps) >= tcfg["max_bad_steps"]:
                     stop_reason = f"{int(bad_steps)} non-finite steps in a row"
@@ -486,45 +641,54 @@ def _train(cfg, args, rank, world, local_rank):
                 steps_in_interval, t_log = 0, time.time()
             if stop_reason:
                 break
+            if heldout is not None and (step % check_every == 0 or step == max_steps):
+                stop_reason = _agree(check_heldout() if rank == 0 else None, world, device)
+                if stop_reason:
+                    break
             if step % lcfg["sample_every"] == 0 and rank == 0:
-                _monitor(args.output_dir, step, ema, val_latents, val_labels, meta, cfg, device, dtype, tokenizer)
+                save_sample_grid(os.path.join(settings.output_dir, "samples", f"step_{step:07d}.png"), ema, meta, cfg,
+                                 device, dtype, tokenizer)
             if step % lcfg["ckpt_every"] == 0 and step < max_steps:
                 save(f"every {lcfg['ckpt_every']} steps")
+        tuned_for = (sampling or {}).get("step")
+        if rank == 0 and tuned_for != monitor["best_step"] and mcfg["tune_sampling"] and monitor["best_step"] is not None \
+                and not stop.signal and not (stop_reason and "non-finite" in stop_reason) and len(classes) > 1:
+            sampling = choose_sampling(settings.output_dir, ema, heldout, cfg, latent_shape, device, dtype, log)
         save(stop_reason or "end of training")
-    if rank == 0:
-        if os.path.isfile(log_path):
-            plot_log(args.output_dir)
+    if rank == 0 and os.path.isfile(log_path):
+        plot_log(settings.output_dir, monitor["best_step"])
     if stop_reason and "non-finite" in stop_reason:
         raise UsageError(f"training stopped at step {step}: {stop_reason} (checkpoint saved); lower --lr or check the "
                          f"latents")
-    return dict(step=step, stopped=stop_reason, run_dir=args.output_dir, stats_source=stats_source)
+    outputs = ["config.yaml", "checkpoints/", "log.jsonl", "loss.png"]
+    if os.path.isdir(os.path.join(settings.output_dir, "samples")):
+        outputs.append("samples/")
+    return dict(step=step, stopped=stop_reason, run_dir=settings.output_dir, stats_source=stats_source,
+                best_step=monitor["best_step"], sampling=sampling, outputs=outputs)
 
 
-def _truncate_log(path, step):
-    """Drop log rows of steps an interrupted run did past its last checkpoint (all of them on a fresh start)."""
-    if os.path.isfile(path):
-        rows = [line for line in open(path) if line.strip() and json.loads(line)["step"] <= step]
-        write_text_atomic(path, "".join(rows))
+def _agree(reason, world, device):
+    """Rank 0's held-out decision (stop or go on) shared with every rank."""
+    if world == 1:
+        return reason
+    import torch.distributed as dist
+    box = [reason]
+    dist.broadcast_object_list(box, src=0)
+    return box[0]
 
 
-def _stop_reason(stop, budget, t_start, world, device):
-    """Signal or time budget; agreed on by every rank under DDP."""
-    reason = 0
-    if stop.signal:
-        reason = 1
-    elif budget and time.time() - t_start > float(budget):
-        reason = 2
-    if world > 1:
-        import torch.distributed as dist
-        flag = torch.tensor([reason], device=device)
-        dist.all_reduce(flag, op=dist.ReduceOp.MAX)
-        reason = int(flag)
-    return {0: None, 1: f"signal {stop.signal or 'on another rank'}", 2: "time budget reached"}[reason]
-
-
-def _monitor(run_dir, step, ema, val_latents, val_labels, meta, cfg, device, dtype, tokenizer):
-    if len(val_latents):
-        row = dict(step=step, **validation_loss(ema, val_latents, val_labels, cfg["seed"], device, dtype))
-        with open(os.path.join(run_dir, "log.jsonl"), "a") as f:
-            f.write(json.dumps(row) + "\n")
-    save_sample_grid(os.path.join(run_dir, "samples", f"step_{step:07d}.png"), ema, meta, cfg, device, dtype, tokenizer)
+def choose_sampling(run_dir, ema, heldout, cfg, latent_shape, device, dtype, log):
+    """Pick guidance scale and interval for the best checkpoint on held-out data; record them in best.pt."""
+    best = read_checkpoint(os.path.join(run_dir, "checkpoints", "best.pt"), what="best.pt")
+    model = copy.deepcopy(ema)   # not a new LightningDiT: building one would draw from the training RNG
+    model.load_state_dict(dit_state_dict_from_checkpoint(best, prefer_ema=True))
+    mcfg = cfg["monitor"]
+    base = dict(cfg["sample"], num_steps=mcfg["num_steps"])
+    chosen, tried = tune_sampling(lambda s: heldout.score_model(model, s, mcfg["samples_per_class"], cfg["seed"],
+                                                                latent_shape, device, dtype), base)
+    sampling = dict(cfg_scale=chosen["cfg_scale"], cfg_interval_start=chosen["cfg_interval_start"], step=best["step"])
+    table = ", ".join(f"cfg {s['cfg_scale']:g}/{s['cfg_interval_start']:g}: {r['score']:.3g}" for s, r in tried)
+    log(f"sampling chosen on held-out data for best.pt (step {best['step']}): cfg_scale {sampling['cfg_scale']:g}, "
+        f"cfg_interval_start {sampling['cfg_interval_start']:g} (scores {table})")
+    save_best(run_dir, dict(best, sampling=sampling))
+    return sampling

@@ -52,7 +52,7 @@ def make_latent_dir(path, class_means, n_per_class=24, shape=(4, 4, 4), noise=0.
     """A stage-1-like latent dir without images: class c has latents mean class_means[c] + noise * N(0, 1).
     Every `heldout_every`-th image is held out. Writes shards, latents_stats.pt, dataset.json."""
     import json
-    from models.safe_load import atomic_torch_save
+    from pipeline.common import atomic_torch_save
     from pipeline.latents import shard_path, write_shard
     from pipeline.stats import channel_stats
     g = torch.Generator().manual_seed(seed)
@@ -82,4 +82,7 @@ def stage2_args(latent_dir, output_dir, *extra, steps=20):
     """argv for a fast CPU stage 2 run of LightningDiT-Tiny/2."""
     return ["--latent_dir", str(latent_dir), "--output_dir", str(output_dir), "--model", "LightningDiT-Tiny/2",
             "--max_steps", str(steps), "--batch_size", "16", "--log_every", "5", "--ckpt_every", "10",
-            "--sample_every", "1000", "--device", "cpu", "--precision", "fp32", "sample.num_steps=4", *extra]
+            "--sample_every", "1000", "--device", "cpu", "--precision", "fp32", "sample.num_steps=4",
+            # a cheap held-out monitor that never stops early: runs last exactly `steps` (tests of the monitor
+            # itself set these back)
+            "monitor.patience=0", "monitor.samples_per_class=4", "monitor.num_steps=2", *extra]

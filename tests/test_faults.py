@@ -21,7 +21,7 @@ import stage2_train_dit as stage2
 import stage3_inference as stage3
 from pipeline.common import UsageError
 from pipeline.latents import list_shards, load_latents, shard_path, write_shard
-from pipeline.train import latest_checkpoint
+from pipeline.checkpoint import latest_checkpoint
 from tests.helpers import MEANS, Payload, make_latent_dir, stage2_args
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -79,7 +79,8 @@ def test_stage2_sigkill_at_random_points_resumes_to_the_same_result(tmp_path, la
     assert kills >= 5
     _assert_same_weights(_weights(tmp_path / "straight"), _weights(tmp_path / "run"))
     assert not [p for p in os.listdir(tmp_path / "run" / "checkpoints") if p.startswith(".tmp_")]
-    steps_logged = [json.loads(line)["step"] for line in open(tmp_path / "run" / "log.jsonl") if "loss" in line]
+    rows = [json.loads(line) for line in open(tmp_path / "run" / "log.jsonl")]
+    steps_logged = [r["step"] for r in rows if "loss" in r]
     assert steps_logged == sorted(set(steps_logged))   # no replayed duplicates in the log
 
 
@@ -136,7 +137,7 @@ def test_stage3_killed_mid_run_resumes_with_identical_images(tmp_path, latent_di
 # --------------------------------------------------------------------------------
 
 def test_disk_full_during_checkpoint_keeps_the_previous_one(tmp_path, latent_dir):
-    argv = stage2_args(latent_dir, tmp_path / "run", steps=40)
+    argv = stage2_args(latent_dir, tmp_path / "run", "monitor.every=1000", steps=40)   # no best.pt writes in between
     r = subprocess.run([PY, "tests/fault_runner.py", "enospc_in_save", "2", "stage2_train_dit.py", *argv], cwd=ROOT,
                        capture_output=True, text=True, timeout=300)
     assert r.returncode == 2 and "No space left on device" in r.stderr and "Traceback" not in r.stderr
@@ -236,10 +237,8 @@ BAD_FLAGS = {
              ("--seed", "-1"), ("--seed", "1.5"), ("--batch_size", "0"), ("--batch_size", "many"),
              ("--num_workers", "-2"), ("--shard_size", "0"), ("--precision", "fp8"), ("--recon_images", "-1"),
              ("--recon_images", "all")],
-    stage2: [("--max_steps", "0"), ("--max_steps", "ten"), ("--batch_size", "-4"), ("--lr", "fast"), ("--lr", "0"),
-             ("--lr", "2"), ("--ema_decay", "1.5"), ("--ema_decay", "x"), ("--precision", "int8"), ("--stats", "coco"),
-             ("--time_budget", "-1h"), ("--time_budget", "forever"), ("--ckpt_every", "0"), ("--sample_every", "x"),
-             ("--log_every", "-1"), ("--seed", "abc")],
+    # stage 2's config flags are checked by the config schema (tests/test_data_safety.py::test_8_bad_stage2_flags)
+    stage2: [("--time_budget", "-1h"), ("--time_budget", "forever")],
     stage3: [("--num_per_class", "0"), ("--num_per_class", "lots"), ("--cfg_scale", "-1"), ("--cfg_scale", "big"),
              ("--cfg_interval_start", "2"), ("--timestep_shift", "-0.5"), ("--steps", "0"), ("--steps", "1.5"),
              ("--method", "rk4"), ("--seed", "-3"), ("--batch_size", "0"), ("--decode_chunk", "-1"),

@@ -14,7 +14,7 @@ import stage2_train_dit as stage2
 from pipeline.common import UsageError, pick_precision
 from pipeline.generate import denormalise, sample_latents
 from pipeline.inference import load_run
-from pipeline.train import latest_checkpoint
+from pipeline.checkpoint import CHECKPOINT_KEYS, FORMAT_VERSION, latest_checkpoint
 from tests.helpers import MEANS, make_latent_dir, stage2_args
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -45,9 +45,10 @@ def test_checkpoint_contents_logs_and_outputs(tmp_path, latent_dir):
         assert key in ckpt, key
     assert ckpt["step"] == 20 and ckpt["classes"] == ["class0", "class1"]
     assert ckpt["stats"]["source"] == "micro_doppler" and ckpt["stats"]["mean"].shape == (1, 4, 1, 1)
-    assert sorted(os.listdir(run / "checkpoints")) == ["0000020.pt", "latest"]  # keep_last=1
+    assert sorted(os.listdir(run / "checkpoints")) == ["0000020.pt", "best.pt", "latest"]  # keep_last=1
+    assert set(ckpt) == set(CHECKPOINT_KEYS) and ckpt["format_version"] == FORMAT_VERSION
     rows = [json.loads(line) for line in (run / "log.jsonl").read_text().splitlines()]
-    assert {"step", "loss", "mse", "cos", "grad_norm", "lr", "images_per_s"} <= set(rows[0])
+    assert {"step", "loss", "mse", "cos", "grad_norm", "lr", "images_per_s"} <= set(next(r for r in rows if "loss" in r))
     assert any("val_loss" in r for r in rows)
     assert (run / "loss.png").is_file() and (run / "samples" / "step_0000010.png").is_file()
     assert (run / "config.yaml").read_text().count("LightningDiT-Tiny/2") == 1
@@ -83,13 +84,13 @@ def test_init_from_partial_loading_and_wrong_architecture(tmp_path, latent_dir, 
 
 
 def test_precision_selection(monkeypatch):
-    assert pick_precision("auto", torch.device("cpu")) == (None, False)
+    assert pick_precision("auto", torch.device("cpu")) is None
     monkeypatch.setattr(torch.cuda, "get_device_capability", lambda device=None: (7, 5))   # T4
-    assert pick_precision("auto", torch.device("cuda:0")) == (torch.float16, True)
+    assert pick_precision("auto", torch.device("cuda:0")) == torch.float16
     monkeypatch.setattr(torch.cuda, "get_device_capability", lambda device=None: (8, 0))   # A100
-    assert pick_precision("auto", torch.device("cuda:0")) == (torch.bfloat16, False)
-    assert pick_precision("fp16", torch.device("cuda:0")) == (torch.float16, True)
-    assert pick_precision("fp32", torch.device("cuda:0")) == (None, False)
+    assert pick_precision("auto", torch.device("cuda:0")) == torch.bfloat16
+    assert pick_precision("fp16", torch.device("cuda:0")) == torch.float16
+    assert pick_precision("fp32", torch.device("cuda:0")) is None
 
 
 def _run(*argv, **kw):
@@ -153,9 +154,9 @@ def test_bad_inputs_exit_2(tmp_path, latent_dir):
         (stage2_args(latent_dir, tmp_path / "o4", "--model", "LightningDiT-Huge/9"), "unknown"),
         (stage2_args(latent_dir, tmp_path / "used", "train.lr=0.5"), "different config (train.lr)"),
         (stage2_args(latent_dir, tmp_path / "o5", "--init_from", str(wrong / "latents_stats.pt")), "--init_from"),
-        (stage2_args(latent_dir, tmp_path / "o6", "--max_steps", "-3"), "positive integer"),
+        (stage2_args(latent_dir, tmp_path / "o6", "--max_steps", "-3"), "must be >= 1"),
         (stage2_args(latent_dir, tmp_path / "o7", "--time_budget", "soon"), "duration"),
-        (stage2_args(latent_dir, tmp_path / "o8", "--lr", "7"), "(0, 1)"),
+        (stage2_args(latent_dir, tmp_path / "o8", "--lr", "-7"), "train.lr=-7.0: must be >= 1e-12"),
         (stage2_args(latent_dir, tmp_path / "o9", "nokey=1"), "unknown key"),
     ]
     for argv, message in cases:

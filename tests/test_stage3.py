@@ -46,8 +46,8 @@ def test_safe_names_gray_output_and_manifest(tmp_path, run_dir):
     img = Image.open(tmp_path / "out" / "walk_fast" / "walk_fast_00000.png")
     assert img.mode == "L" and img.size == (64, 64)
     assert manifest["complete"] and manifest["settings"]["num_steps"] == 8
-    assert {"checkpoint", "step", "seed", "cfg_scale", "cfg_interval_start", "timestep_shift", "method",
-            "stats_source"} <= set(manifest["settings"])
+    assert {"step", "weights_sha1", "seed", "cfg_scale", "cfg_interval_start", "timestep_shift", "method",
+            "stats_source"} <= set(manifest["settings"]) and manifest["checkpoint"].endswith("best.pt")
     assert manifest["images"]["walk/fast"][0]["seed"] != manifest["images"]["walk/fast"][1]["seed"]
     assert (tmp_path / "out" / "grid.png").is_file() and (tmp_path / "out" / "generated.tar").is_file()
     lat = load_file(tmp_path / "out" / "latents.safetensors")

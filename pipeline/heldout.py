@@ -1,0 +1,123 @@
+"""
+Held-out quality of a model during stage 2: how close EMA samples are to held-out real latents the model
+never trained on. Stage 2 uses it to pick `checkpoints/best.pt`, to stop early and to choose the sampling
+settings (guidance scale and interval) that stage 3 uses by default.
+
+Features are small and stable on a few dozen images: per latent channel, the spatial mean and std and
+the mean profile along the Doppler (height) axis pooled to 4 bins, so (N, C, h, w) -> (N, 6C). They are
+projected on the principal axes of the training latents' features (whitened), where two numbers are taken:
+
+    fd      Fréchet distance between generated and held-out features (all classes together)
+    tstr    accuracy on held-out latents of a nearest-class-mean classifier fitted on generated features
+            (does each class's samples carry that class's information?)
+
+score = fd * (2 - tstr): lower is better; a model whose samples match the held-out distribution and
+separate the classes scores lowest. Memorised training copies do not score well: they cover only the
+training images, so the held-out spread is missed (fd up) when a class has few of them.
+"""
+
+import numpy as np
+import torch
+
+from pipeline.generate import image_seed, sample_latents
+
+PROFILE_BINS = 4
+MAX_DIMS = 32
+
+
+# --------------------------------------------------------------------------------
+#                                   Features
+# --------------------------------------------------------------------------------
+
+def latent_features(z):
+    """(N, C, h, w) -> (N, 6C) float64: channel means, stds and Doppler profiles (4 bins)."""
+    z = z.double()
+    n, c, h, w = z.shape
+    profile = torch.nn.functional.adaptive_avg_pool2d(z, (PROFILE_BINS, 1)).reshape(n, c * PROFILE_BINS)
+    return torch.cat([z.mean(dim=(2, 3)), z.std(dim=(2, 3)), profile], dim=1)
+
+
+def fit_projection(train_features):
+    """(mean, projection (D, k)) whitening the top principal axes of the training features."""
+    mean = train_features.mean(0)
+    x = train_features - mean
+    u, s, vt = torch.linalg.svd(x, full_matrices=False)
+    k = int(min(MAX_DIMS, max(2, (s > s[0] * 1e-6).sum().item()), len(train_features) - 1))
+    scale = s[:k] / max(1.0, (len(x) - 1) ** 0.5)
+    return mean, vt[:k].T / scale.clamp_min(1e-12)
+
+
+def project(features, projection):
+    mean, p = projection
+    return (features - mean) @ p
+
+
+# --------------------------------------------------------------------------------
+#                                    Scores
+# --------------------------------------------------------------------------------
+
+def frechet_distance(a, b):
+    """Fréchet distance between Gaussian fits of two feature sets (N, D), (M, D)."""
+    a, b = a.double().numpy(), b.double().numpy()
+    mu_a, mu_b = a.mean(0), b.mean(0)
+    ca, cb = np.cov(a, rowvar=False), np.cov(b, rowvar=False)
+    ca, cb = np.atleast_2d(ca), np.atleast_2d(cb)
+    # trace of sqrt(ca cb) from the eigenvalues of sqrt(ca) cb sqrt(ca): symmetric, so stable
+    w, v = np.linalg.eigh(ca)
+    root_a = (v * np.sqrt(np.clip(w, 0, None))) @ v.T
+    eig = np.linalg.eigvalsh(root_a @ cb @ root_a)
+    return float(((mu_a - mu_b) ** 2).sum() + np.trace(ca) + np.trace(cb) - 2 * np.sqrt(np.clip(eig, 0, None)).sum())
+
+
+def nearest_mean_accuracy(train_x, train_y, test_x, test_y, num_classes):
+    """Accuracy of a nearest-class-mean classifier; classes absent from the training side never win."""
+    means = torch.stack([train_x[train_y == c].mean(0) if (train_y == c).any() else
+                         torch.full_like(train_x[0], float("inf")) for c in range(num_classes)])
+    pred = torch.cdist(test_x, torch.nan_to_num(means, posinf=1e12)).argmin(1)
+    return float((pred == test_y).double().mean())
+
+
+def heldout_score(gen, gen_labels, heldout, heldout_labels, projection, num_classes):
+    """dict(score, fd, tstr) of generated latents against held-out latents (both normalised, (N, C, h, w))."""
+    g = project(latent_features(gen), projection)
+    r = project(latent_features(heldout), projection)
+    fd = frechet_distance(g, r)
+    tstr = nearest_mean_accuracy(g, gen_labels.cpu(), r, heldout_labels.cpu(), num_classes)
+    return dict(score=fd * (2.0 - tstr), fd=fd, tstr=tstr)
+
+
+# --------------------------------------------------------------------------------
+#                          Sample and score one model
+# --------------------------------------------------------------------------------
+
+class HeldoutSet:
+    """Held-out latents, their labels and the feature projection fitted on the training latents."""
+
+    def __init__(self, train_latents, heldout_latents, heldout_labels, num_classes):
+        self.latents = heldout_latents.cpu()
+        self.labels = heldout_labels.cpu()
+        self.num_classes = num_classes
+        self.projection = fit_projection(latent_features(train_latents.cpu()))
+
+    def score_model(self, model, sampling, per_class, seed, latent_shape, device, dtype=None, batch_size=256):
+        """Sample `per_class` latents per class with fixed seeds and score them against the held-out set."""
+        jobs = [(c, k) for c in range(self.num_classes) for k in range(per_class)]
+        out = []
+        for start in range(0, len(jobs), batch_size):
+            part = jobs[start:start + batch_size]
+            seeds = [image_seed(seed + 7, c, k) for c, k in part]
+            out.append(sample_latents(model, [c for c, _ in part], seeds, latent_shape, sampling, device, dtype).cpu())
+        labels = torch.tensor([c for c, _ in jobs])
+        return heldout_score(torch.cat(out), labels, self.latents, self.labels, self.projection, self.num_classes)
+
+
+def tune_sampling(score_fn, base, cfg_scales=(1.0, 1.5, 2.0, 3.0, 4.0), interval_starts=(0.0, 0.3)):
+    """Grid over guidance scale and interval; `score_fn(sampling) -> dict(score, ...)`. Returns
+    (best sampling dict, [(sampling, result)...]). cfg 1.0 has no interval (guidance off)."""
+    tried = []
+    for scale in cfg_scales:
+        for start in (interval_starts if scale != 1.0 else (0.0,)):
+            sampling = dict(base, cfg_scale=float(scale), cfg_interval_start=float(start))
+            tried.append((sampling, score_fn(sampling)))
+    best = min(tried, key=lambda item: item[1]["score"])[0]
+    return best, tried

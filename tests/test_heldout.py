@@ -1,0 +1,110 @@
+"""Stage 2's held-out monitor: the score, best.pt, early stop, resume of the best-so-far, run length, augmentation."""
+
+import json
+
+import pytest
+import torch
+
+import stage2_train_dit as stage2
+from pipeline.checkpoint import latest_checkpoint
+from pipeline.heldout import HeldoutSet, heldout_score, fit_projection, latent_features, tune_sampling
+from pipeline.train import batch_indices, resolve_max_steps, time_shift, update_monitor, new_monitor
+from tests.helpers import stage2_args
+
+
+def _two_classes(n, shift, seed):
+    g = torch.Generator().manual_seed(seed)
+    z = torch.randn(2 * n, 4, 4, 4, generator=g)
+    z[n:] += shift
+    return z, torch.tensor([0] * n + [1] * n)
+
+
+# ---- the score -----------------------------------------------------------------------------------------
+
+def test_score_prefers_samples_from_the_heldout_distribution():
+    train, _ = _two_classes(40, 2.0, 0)
+    held, held_y = _two_classes(20, 2.0, 1)
+    projection = fit_projection(latent_features(train))
+    good, good_y = _two_classes(30, 2.0, 2)
+    swapped = heldout_score(good, 1 - good_y, held, held_y, projection, 2)       # right images, wrong classes
+    collapsed = heldout_score(good[:1].repeat(60, 1, 1, 1) + 0.01 * torch.randn(60, 4, 4, 4), good_y, held, held_y,
+                              projection, 2)                                     # one mode only
+    right = heldout_score(good, good_y, held, held_y, projection, 2)
+    assert right["tstr"] >= 0.9 and swapped["tstr"] <= 0.1
+    assert right["score"] < swapped["score"] and right["score"] < collapsed["score"]
+    assert right["fd"] < collapsed["fd"]
+
+
+def test_tune_sampling_picks_the_lowest_score():
+    best, tried = tune_sampling(lambda s: dict(score=abs(s["cfg_scale"] - 1.5) + s["cfg_interval_start"]),
+                                dict(num_steps=4, method="euler", cfg_scale=2.0, cfg_interval_start=0.0, timestep_shift=0))
+    assert (best["cfg_scale"], best["cfg_interval_start"]) == (1.5, 0.0) and len(tried) == 9
+
+
+def test_update_monitor_marks_the_turn_once():
+    m = new_monitor()
+    assert update_monitor(m, 2, 5.0) == (True, False)
+    assert update_monitor(m, 4, 3.0) == (True, False)
+    assert update_monitor(m, 6, 4.0) == (False, True)
+    assert update_monitor(m, 8, 6.0) == (False, False)
+    assert m == dict(best_score=3.0, best_step=4, checks_since_best=2, turned_at=6)
+
+
+# ---- best.pt, early stop and resume in a real run (scores scripted) ----------------------------------------
+
+def _scripted(monkeypatch, scores):
+    it = iter(scores)
+    monkeypatch.setattr(HeldoutSet, "score_model", lambda self, *a, **k: dict(score=next(it), fd=0.0, tstr=0.0))
+
+
+def _args(latent_dir, run, steps):
+    return stage2_args(latent_dir, run, "monitor.every=2", "monitor.patience=2", "monitor.tune_sampling=false",
+                       "--ckpt_every", "2", steps=steps)
+
+
+def test_a_run_whose_heldout_signal_turns_keeps_the_earlier_checkpoint_and_stops(tmp_path, latent_dir, monkeypatch,
+                                                                                 capsys):
+    _scripted(monkeypatch, [5.0, 3.0, 4.0, 6.0, 1.0])
+    stage2.main(_args(latent_dir, tmp_path / "run", steps=20))
+    out = capsys.readouterr().out
+    best = torch.load(tmp_path / "run" / "checkpoints" / "best.pt", weights_only=True)
+    latest = torch.load(latest_checkpoint(tmp_path / "run"), weights_only=True)
+    at_4 = torch.load(tmp_path / "run" / "checkpoints" / "0000004.pt", weights_only=True) \
+        if (tmp_path / "run" / "checkpoints" / "0000004.pt").exists() else None
+    assert best["step"] == 4 and latest["step"] == 8                      # stopped after 2 checks without progress
+    assert "held-out score turned" in out and "early stop" in out
+    assert latest["monitor"]["best_step"] == 4 and best["opt"] is None
+    if at_4 is not None:
+        assert all(torch.equal(best["ema"][k], at_4["ema"][k]) for k in best["ema"])
+    rows = [json.loads(line) for line in (tmp_path / "run" / "log.jsonl").read_text().splitlines()]
+    assert [r["heldout_score"] for r in rows if "heldout_score" in r] == [5.0, 3.0, 4.0, 6.0]
+    assert (tmp_path / "run" / "loss.png").is_file()
+
+
+def test_resume_keeps_the_best_so_far(tmp_path, latent_dir, monkeypatch):
+    _scripted(monkeypatch, [5.0, 3.0, 4.0])
+    stage2.main(_args(latent_dir, tmp_path / "run", steps=6))
+    _scripted(monkeypatch, [3.5])                                     # better than 5 but not than 3 (the best so far)
+    stage2.main(_args(latent_dir, tmp_path / "run", steps=8))
+    best = torch.load(tmp_path / "run" / "checkpoints" / "best.pt", weights_only=True)
+    latest = torch.load(latest_checkpoint(tmp_path / "run"), weights_only=True)
+    assert best["step"] == 4 and latest["step"] == 8
+    assert latest["monitor"] == dict(best_score=3.0, best_step=4, checks_since_best=2, turned_at=6)
+
+
+# ---- run length and augmentation -----------------------------------------------------------------------------
+
+def test_run_length_follows_the_data_set():
+    t = dict(max_steps=None, epochs=100, batch_size=64, min_steps=200, max_steps_cap=5000)
+    assert resolve_max_steps(t, 640) == 1000
+    assert resolve_max_steps(t, 64) == 200 and resolve_max_steps(t, 64000) == 5000
+    assert resolve_max_steps(dict(t, max_steps=7), 640) == 7
+
+
+def test_time_shift_is_stateless_and_only_moves_along_time():
+    x = torch.randn(8, 4, 4, 6)
+    a, b = time_shift(x, 0.5, 0, 3, 0), time_shift(x, 0.5, 0, 3, 0)
+    assert torch.equal(a, b) and not torch.equal(a, x)
+    assert torch.allclose(a.sum(-1), x.sum(-1), atol=1e-5)               # a roll along time keeps every row's sum
+    assert torch.equal(time_shift(x, 0.0, 0, 3, 0), x)
+    assert torch.equal(batch_indices(0, 5, 0, 10, 4), batch_indices(0, 5, 0, 10, 4))
