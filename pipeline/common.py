@@ -165,44 +165,25 @@ def cleanup_distributed(world_size):
 
 @contextlib.contextmanager
 def run_lock(directory):
-    """A `.lock` file holding our pid: a second process on the same directory refuses while we live;
-    a lock whose pid is gone (killed run) is stale and taken over."""
+    """An exclusive `fcntl.flock` on `directory/.lock`: a second process on the same directory is refused
+    while we run. The kernel releases the lock when the process ends in any way (also SIGKILL), so a run dir
+    copied to a new machine or left by a killed run is never reported as in use."""
+    import fcntl
     os.makedirs(directory, exist_ok=True)
-    lock = os.path.join(directory, ".lock")
-    for _ in range(2):
+    path = os.path.join(directory, ".lock")
+    with open(path, "a+") as f:
         try:
-            fd = os.open(lock, os.O_CREAT | os.O_EXCL | os.O_WRONLY)
-            break
-        except FileExistsError:
-            try:
-                pid = int(open(lock).read().strip() or 0)
-            except (OSError, ValueError):
-                pid = 0
-            if pid and _pid_alive(pid):
-                raise UsageError(f"{directory} is in use by process {pid} (lock file {lock}); wait for it to end, "
-                                 f"or delete the lock if that process is not ours")
-            os.unlink(lock)  # stale
-    else:
-        raise UsageError(f"cannot take the lock {lock}")
-    with os.fdopen(fd, "w") as f:
+            fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            f.seek(0)
+            holder = f.read().strip() or "another process"
+            raise UsageError(f"{directory} is in use by process {holder} (it holds {path}); wait for it to end or "
+                             f"use another output dir") from None
+        f.seek(0)
+        f.truncate()
         f.write(str(os.getpid()))
-    try:
-        yield
-    finally:
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(lock)
-
-
-def _pid_alive(pid):
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    # A zombie (killed child not yet reaped) is not alive.
-    try:
-        with open(f"/proc/{pid}/stat") as f:
-            return f.read().split(")")[-1].split()[0] != "Z"
-    except OSError:
-        return True
+        f.flush()
+        try:
+            yield
+        finally:
+            f.truncate(0)

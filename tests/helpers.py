@@ -78,6 +78,14 @@ def make_latent_dir(path, class_means, n_per_class=24, shape=(4, 4, 4), noise=0.
     return latents, labels, split
 
 
+def free_port():
+    """A TCP port nobody listens on now (for torchrun's rendezvous in tests that run side by side)."""
+    import socket
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
 def stage2_args(latent_dir, output_dir, *extra, steps=20):
     """argv for a fast CPU stage 2 run of LightningDiT-Tiny/2."""
     return ["--latent_dir", str(latent_dir), "--output_dir", str(output_dir), "--model", "LightningDiT-Tiny/2",

@@ -161,16 +161,25 @@ def test_second_process_on_a_run_dir_in_use_refuses_and_stale_locks_are_taken(tm
     run = tmp_path / "run"
     proc = subprocess.Popen([PY, "stage2_train_dit.py", *stage2_args(latent_dir, run, steps=100000)], cwd=ROOT,
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    while not (run / ".lock").exists():
+    while not (run / ".lock").exists() or not (run / ".lock").read_text():
         time.sleep(0.05)
     r = subprocess.run([PY, "stage2_train_dit.py", *stage2_args(latent_dir, run, steps=5)], cwd=ROOT,
                        capture_output=True, text=True, timeout=300)
     proc.send_signal(signal.SIGKILL)
     proc.wait()
     assert r.returncode == 2 and f"in use by process {proc.pid}" in r.stderr
-    assert (run / ".lock").read_text() == str(proc.pid)   # the killed run's lock is stale now
+    assert (run / ".lock").read_text() == str(proc.pid)   # the killed run's lock file remains, its lock is gone
     stage2.main(stage2_args(latent_dir, run, steps=5))    # and is taken over
-    assert not (run / ".lock").exists()
+    assert (run / ".lock").read_text() == ""
+
+
+def test_lock_file_naming_a_live_process_does_not_block(tmp_path, latent_dir):
+    """A run dir copied to a new machine keeps its .lock; the pid in it may belong to any live process there."""
+    run = tmp_path / "run"
+    run.mkdir()
+    (run / ".lock").write_text(str(os.getpid()))
+    stage2.main(stage2_args(latent_dir, run, steps=2))
+    assert latest_checkpoint(run)
 
 
 # --------------------------------------------------------------------------------

@@ -15,7 +15,7 @@ from pipeline.common import UsageError, pick_precision
 from pipeline.generate import denormalise, sample_latents
 from pipeline.inference import load_run
 from pipeline.checkpoint import CHECKPOINT_KEYS, FORMAT_VERSION, latest_checkpoint
-from tests.helpers import MEANS, make_latent_dir, stage2_args
+from tests.helpers import MEANS, free_port, make_latent_dir, stage2_args
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -127,7 +127,7 @@ def test_non_finite_loss_stops_with_checkpoint(tmp_path, latent_dir):
 
 
 def test_two_process_gloo_ddp(tmp_path, latent_dir):
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2", "--master_port=29517",
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2", f"--master_port={free_port()}",
            "stage2_train_dit.py", *stage2_args(latent_dir, tmp_path / "ddp", steps=10)]
     r = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=300)
     assert r.returncode == 0, r.stderr[-2000:]

@@ -14,7 +14,7 @@ from safetensors.torch import load_file
 import stage2_train_dit as stage2
 import stage3_inference as stage3
 from pipeline.common import UsageError
-from tests.helpers import MEANS, make_latent_dir, make_tiny_vavae_checkpoint, stage2_args
+from tests.helpers import MEANS, free_port, make_latent_dir, make_tiny_vavae_checkpoint, stage2_args
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 NAMES = ["walk/fast", "../up"]
@@ -106,7 +106,7 @@ def test_bad_input(tmp_path, run_dir):
 
 def test_two_ranks_split_the_work_and_match_one_process(tmp_path, run_dir):
     gen(run_dir, tmp_path / "one")
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2", "--master_port=29519",
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2", f"--master_port={free_port()}",
            "stage3_inference.py", "--checkpoint", str(run_dir), "--vavae_path", "demo", "--output_dir",
            str(tmp_path / "two"), "--num_per_class", "5", "--steps", "8", "--device", "cpu", "--precision", "fp32"]
     r = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=300)
