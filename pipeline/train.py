@@ -463,16 +463,65 @@ def train(cfg, settings):
         cleanup_distributed(world)
 
 
-def _train(cfg, settings, rank, world, local_rank):
-    tcfg, lcfg, mcfg = cfg["train"], cfg["log"], cfg["monitor"]
+@dataclass
+class Run:
+    """Everything the loop works with, set up (or restored) by `setup_run`."""
+    cfg: dict
+    settings: RunSettings
+    rank: int
+    world: int
+    device: torch.device
+    dtype: Optional[torch.dtype]
+    latents: torch.Tensor                  # (N, C, h, w) normalised training latents on the device
+    latents_flip: Optional[torch.Tensor]
+    labels: torch.Tensor                   # (N,)
+    heldout: Optional[HeldoutSet]
+    meta: dict                             # checkpoint keys that describe the data (see pipeline/checkpoint.py)
+    model: nn.Module
+    train_model: nn.Module                 # the model as trained: compiled and/or DDP-wrapped
+    ema: nn.Module
+    params: list
+    opt: torch.optim.Optimizer
+    scaler: torch.amp.GradScaler
+    max_steps: int
+    check_every: int
+    tokenizer: object = None
+    step: int = 0
+    monitor: dict = None
+    sampling: Optional[dict] = None
+
+    @property
+    def log_path(self):
+        return os.path.join(self.settings.output_dir, "log.jsonl")
+
+    def log(self, text):
+        if self.rank == 0:
+            print(text)
+
+    def state(self, rng):
+        """This run's checkpoint (pipeline/checkpoint.py CHECKPOINT_KEYS)."""
+        return dict(self.meta, format_version=FORMAT_VERSION, model=self.model.state_dict(), ema=self.ema.state_dict(),
+                    opt=self.opt.state_dict(), scaler=self.scaler.state_dict(), step=self.step, rng=rng,
+                    config=self.cfg, monitor=dict(self.monitor), sampling=self.sampling, code_version=code_version())
+
+    def save(self, reason):
+        snapshot = self.state(_gather_rng(self.world))  # collective under DDP: every rank takes part
+        if self.rank == 0:
+            path = save_checkpoint(self.settings.output_dir, snapshot, self.cfg["log"]["keep_last"])
+            self.log(f"step {self.step}: checkpoint {path} ({reason})")
+
+
+def setup_run(cfg, settings, rank, world, local_rank):
+    """Load and check the data, build model/EMA/optimizer/scaler, restore a run being resumed. Everything is
+    checked before the first write to the run dir."""
+    tcfg = cfg["train"]
     log = print if rank == 0 else (lambda *a, **k: None)
     device = pick_device(settings.device, local_rank)
     dtype = pick_precision(tcfg["precision"], device)
     if tcfg["batch_size"] % world:
         raise UsageError(f"--batch_size {tcfg['batch_size']} is not divisible by the {world} processes")
-    local_batch = tcfg["batch_size"] // world
 
-    # ---- data, model and the run being resumed: everything is checked before the first write -------------
+    # ---- data and the run being resumed ------------------------------------------------------------------
     manifest = load_dataset_manifest(settings.latent_dir)
     data = load_latents(settings.latent_dir)
     classes = [c["name"] for c in manifest["classes"]]
@@ -495,176 +544,185 @@ def _train(cfg, settings, rank, world, local_rank):
         stats, stats_source = choose_stats(settings.latent_dir, cfg["data"]["stats"], latent_shape[0], init_stats)
     mean, std = stats["mean"].to(device), stats["std"].to(device)
     latents = (data["latents"][train_mask].to(device) - mean) / std
-    latents_flip = ((data["latents_flip"][train_mask].to(device) - mean) / std) if "latents_flip" in data else None
-    labels = data["labels"][train_mask].to(device)
     heldout = None
     if val_mask.any():
         heldout = HeldoutSet(latents, (data["latents"][val_mask].to(device) - mean) / std, data["labels"][val_mask],
                              len(classes))
-    max_steps = resolve_max_steps(tcfg, len(latents))
-    check_every = mcfg["every"] or max(1, max_steps // 10)
+    meta = dict(classes=classes, latent_shape=latent_shape, color_mode=manifest.get("color_mode", "rgb"),
+                stats={"mean": stats["mean"].cpu(), "std": stats["std"].cpu(), "source": stats_source},
+                image_size=manifest.get("image_size"), tokenizer=manifest.get("tokenizer", {}),
+                original_sizes={c["name"]: c.get("common_original_size") for c in manifest["classes"]},
+                latent_dir=os.path.abspath(settings.latent_dir),
+                data={k: manifest.get(k) for k in ("colormap", "value_range", "trim")},
+                latents_fingerprint=fingerprint, init_stats=init_stats, model_name=cfg["model"]["name"],
+                model_config=model.config)
 
     # ---- model, EMA, optimizer, scaler (restored when resuming) --------------------------------------------
     ema = copy.deepcopy(model).requires_grad_(False).eval()
     model.use_checkpoint = bool(tcfg["grad_checkpointing"])
     params = [p for p in model.parameters() if p.requires_grad]
-    opt = make_optimizer(params, tcfg)
-    scaler = make_grad_scaler(device, dtype)
-    step, monitor, sampling = 0, new_monitor(), None
+    max_steps = resolve_max_steps(tcfg, len(latents))
+    run = Run(cfg=cfg, settings=settings, rank=rank, world=world, device=device, dtype=dtype, latents=latents,
+              latents_flip=((data["latents_flip"][train_mask].to(device) - mean) / std) if "latents_flip" in data
+              else None, labels=data["labels"][train_mask].to(device), heldout=heldout, meta=meta, model=model,
+              train_model=model, ema=ema, params=params, opt=make_optimizer(params, tcfg),
+              scaler=make_grad_scaler(device, dtype), max_steps=max_steps,
+              check_every=cfg["monitor"]["every"] or max(1, max_steps // 10), monitor=new_monitor())
     if ckpt is not None:
-        try:
-            model.load_state_dict(dit_state_dict_from_checkpoint(ckpt, prefer_ema=False))
-            ema.load_state_dict(dit_state_dict_from_checkpoint(ckpt, prefer_ema=True))
-            opt.load_state_dict(ckpt["opt"])
-        except (RuntimeError, ValueError, KeyError) as e:
-            raise UsageError(f"cannot resume from {resume_path}: its weights do not fit {cfg['model']['name']} "
-                             f"({str(e).splitlines()[0][:120]}); use a new --output_dir") from None
-        scaler.load_state_dict(ckpt["scaler"])
-        step, monitor, sampling = int(ckpt["step"]), ckpt["monitor"] or new_monitor(), ckpt["sampling"]
-        if len(ckpt["rng"] or []) == world:
-            _set_rng_state(ckpt["rng"][rank])
-        else:
-            log(f"resume with {world} processes instead of {len(ckpt['rng'] or [])}: random streams are re-seeded")
-            torch.manual_seed(cfg["seed"] * 7919 + step * 31 + rank)
-        log(f"resumed from {resume_path} at step {step}")
-    train_model = torch.compile(model) if tcfg["compile"] else model
+        restore(run, ckpt, resume_path)
+    if tcfg["compile"]:
+        run.train_model = torch.compile(model)
     if world > 1:
-        train_model = nn.parallel.DistributedDataParallel(train_model, device_ids=[local_rank] if device.type == "cuda" else None)
+        run.train_model = nn.parallel.DistributedDataParallel(
+            run.train_model, device_ids=[local_rank] if device.type == "cuda" else None)
 
-    meta = dict(classes=classes, latent_shape=latent_shape, color_mode=manifest.get("color_mode", "rgb"),
-                stats={"mean": stats["mean"].cpu(), "std": stats["std"].cpu(), "source": stats_source},
-                image_size=manifest.get("image_size"), tokenizer=manifest.get("tokenizer", {}),
-                original_sizes={c["name"]: c.get("common_original_size") for c in manifest["classes"]},
-                latent_dir=os.path.abspath(settings.latent_dir), data={k: manifest.get(k) for k in ("colormap", "value_range", "trim")},
-                latents_fingerprint=fingerprint, init_stats=init_stats, model_name=cfg["model"]["name"],
-                model_config=model.config)
-    log_path = os.path.join(settings.output_dir, "log.jsonl")
-    tokenizer = None
+    # ---- the run dir (rank 0) ----------------------------------------------------------------------------
     if rank == 0:
         os.makedirs(settings.output_dir, exist_ok=True)
-        _truncate_log(log_path, step)
+        _truncate_log(run.log_path, run.step)
         save_config(cfg, os.path.join(settings.output_dir, "config.yaml"))
         if settings.vavae_path:
             from models.vavae import load_vavae
-            tokenizer = load_vavae(settings.vavae_path, device=device, latent_channels=latent_shape[0],
-                                   trust=settings.trust_checkpoint)
+            run.tokenizer = load_vavae(settings.vavae_path, device=device, latent_channels=latent_shape[0],
+                                       trust=settings.trust_checkpoint)
     log(f"training {cfg['model']['name']} ({sum(p.numel() for p in params) / 1e6:.1f} M params) on {len(latents)} "
         f"latents {latent_shape} of {len(classes)} classes (per class {counts}), stats: {stats_source}, device "
         f"{device}, precision {dtype or 'fp32'}, {world} process(es), batch {tcfg['batch_size']}, {max_steps} steps "
         f"({max_steps * tcfg['batch_size'] / len(latents):.0f} epochs)"
-        + (f", held-out check every {check_every} steps (patience {mcfg['patience']})" if heldout else
+        + (f", held-out check every {run.check_every} steps (patience {cfg['monitor']['patience']})" if heldout else
            ", no held-out images: the last checkpoint is used"))
+    return run
 
-    def state(rng):
-        """This run's checkpoint (pipeline/checkpoint.py CHECKPOINT_KEYS)."""
-        return dict(meta, format_version=FORMAT_VERSION, model=model.state_dict(), ema=ema.state_dict(),
-                    opt=opt.state_dict(), scaler=scaler.state_dict(), step=step, rng=rng, config=cfg,
-                    monitor=dict(monitor), sampling=sampling, code_version=code_version())
 
-    def save(reason):
-        snapshot = state(_gather_rng(world))  # collective under DDP: every rank takes part
-        if rank == 0:
-            log(f"step {step}: checkpoint {save_checkpoint(settings.output_dir, snapshot, lcfg['keep_last'])} ({reason})")
+def restore(run, ckpt, path):
+    """Weights, optimizer, scaler, step, monitor, sampling and RNG of the run being resumed."""
+    try:
+        run.model.load_state_dict(dit_state_dict_from_checkpoint(ckpt, prefer_ema=False))
+        run.ema.load_state_dict(dit_state_dict_from_checkpoint(ckpt, prefer_ema=True))
+        run.opt.load_state_dict(ckpt["opt"])
+    except (RuntimeError, ValueError, KeyError) as e:
+        raise UsageError(f"cannot resume from {path}: its weights do not fit {run.cfg['model']['name']} "
+                         f"({str(e).splitlines()[0][:120]}); use a new --output_dir") from None
+    run.scaler.load_state_dict(ckpt["scaler"])
+    run.step, run.monitor, run.sampling = int(ckpt["step"]), ckpt["monitor"] or new_monitor(), ckpt["sampling"]
+    if len(ckpt["rng"] or []) == run.world:
+        _set_rng_state(ckpt["rng"][run.rank])
+    else:
+        run.log(f"resume with {run.world} processes instead of {len(ckpt['rng'] or [])}: random streams are re-seeded")
+        torch.manual_seed(run.cfg["seed"] * 7919 + run.step * 31 + run.rank)
+    run.log(f"resumed from {path} at step {run.step}")
 
-    def check_heldout():
-        """Score the EMA on held-out data; best.pt follows the best score. Returns a stop reason or None."""
-        row = dict(step=step, **validation_loss(ema, heldout.latents.to(device), heldout.labels.to(device),
-                                                cfg["seed"], device, dtype))
-        monitor_sampling = dict(cfg["sample"], num_steps=mcfg["num_steps"],
-                                cfg_scale=cfg["sample"]["cfg_scale"] if len(classes) > 1 else 1.0)
-        result = heldout.score_model(ema, monitor_sampling, mcfg["samples_per_class"], cfg["seed"], latent_shape,
-                                     device, dtype)
-        row.update(heldout_score=result["score"], heldout_fd=result["fd"], heldout_tstr=result["tstr"])
-        with open(log_path, "a") as f:
-            f.write(json.dumps(row) + "\n")
-        improved, turned = update_monitor(monitor, step, result["score"])
-        log(f"step {step}: held-out score {result['score']:.4g} (FD {result['fd']:.4g}, tstr {result['tstr']:.2f}), "
+
+def held_out_check(run):
+    """Score the EMA on held-out data (rank 0); best.pt follows the best score. Returns a stop reason or None."""
+    cfg, mcfg = run.cfg, run.cfg["monitor"]
+    row = dict(step=run.step, **validation_loss(run.ema, run.heldout.latents.to(run.device),
+                                                run.heldout.labels.to(run.device), cfg["seed"], run.device, run.dtype))
+    sampling = dict(cfg["sample"], num_steps=mcfg["num_steps"],
+                    cfg_scale=cfg["sample"]["cfg_scale"] if run.heldout.num_classes > 1 else 1.0)
+    result = run.heldout.score_model(run.ema, sampling, mcfg["samples_per_class"], cfg["seed"], run.meta["latent_shape"],
+                                     run.device, run.dtype)
+    row.update(heldout_score=result["score"], heldout_fd=result["fd"], heldout_tstr=result["tstr"])
+    with open(run.log_path, "a") as f:
+        f.write(json.dumps(row) + "\n")
+    improved, turned = update_monitor(run.monitor, run.step, result["score"])
+    run.log(f"step {run.step}: held-out score {result['score']:.4g} (FD {result['fd']:.4g}, tstr {result['tstr']:.2f}), "
             f"loss at fixed t {row['val_loss']:.4f}" + (" - best so far, saved as checkpoints/best.pt" if improved else ""))
-        if improved:
-            save_best(settings.output_dir, state(rng=[]))
-        if turned:
-            log(f"step {step}: the held-out score turned (worse than step {monitor['best_step']}): the model starts to "
-                f"overfit; best.pt keeps step {monitor['best_step']}")
-        if mcfg["patience"] and monitor["checks_since_best"] >= mcfg["patience"]:
-            return f"early stop: no held-out improvement in {mcfg['patience']} checks (best at step {monitor['best_step']})"
-        return None
+    if improved:
+        save_best(run.settings.output_dir, run.state(rng=[]))
+    best = run.monitor["best_step"]
+    if turned:
+        run.log(f"step {run.step}: the held-out score turned (worse than step {best}): the model starts to overfit; "
+                f"best.pt keeps step {best}")
+    if mcfg["patience"] and run.monitor["checks_since_best"] >= mcfg["patience"]:
+        return f"early stop: no held-out improvement in {mcfg['patience']} checks (best at step {best})"
+    return None
 
-    # ---- the loop ----------------------------------------------------------------------------------------------
+
+def log_interval(run, sums, steps, bad_total, grad_norm, lr, t_log, t_start):
+    """Average the summed losses of the last `steps` steps over every rank and write one log row (rank 0)."""
+    if run.world > 1:
+        import torch.distributed as dist
+        dist.all_reduce(sums)
+        sums /= run.world
+    good = max(1, steps - int(bad_total))
+    batch = run.cfg["train"]["batch_size"]
+    row = dict(step=run.step, loss=float(sums[0]) / good, mse=float(sums[1]) / good, cos=float(sums[2]) / good,
+               grad_norm=float(grad_norm), lr=lr, images_per_s=steps * batch / (time.time() - t_log),
+               skipped_steps=int(bad_total), time_s=round(time.time() - t_start, 1),
+               peak_mem_gb=torch.cuda.max_memory_allocated(run.device) / 2 ** 30 if run.device.type == "cuda" else None)
+    if run.rank == 0:
+        with open(run.log_path, "a") as f:
+            f.write(json.dumps(row) + "\n")
+        run.log(f"step {run.step}: loss {row['loss']:.4f} (mse {row['mse']:.4f}, cos {row['cos']:.4f}), "
+                f"grad {row['grad_norm']:.2f}, {row['images_per_s']:.0f} img/s"
+                + (f", {row['skipped_steps']} non-finite steps skipped" if row["skipped_steps"] else ""))
+
+
+def _train(cfg, settings, rank, world, local_rank):
+    run = setup_run(cfg, settings, rank, world, local_rank)
+    tcfg, lcfg, seed = cfg["train"], cfg["log"], cfg["seed"]
+    local_batch, device = tcfg["batch_size"] // world, run.device
     t_start = t_log = time.time()
     sum_loss = torch.zeros(3, device=device)   # loss, mse, cos summed over the log interval (no host sync)
     bad_steps = torch.zeros((), device=device)  # consecutive non-finite steps
     bad_total = torch.zeros((), device=device)
     steps_in_interval, stop_reason = 0, None
     with StopFlag() as stop:
-        while step < max_steps:
-            idx = batch_indices(cfg["seed"], step, rank, len(latents), local_batch).to(device, non_blocking=True)
-            x1, y = latents[idx], labels[idx]
-            if latents_flip is not None:
+        while run.step < run.max_steps:
+            step = run.step
+            idx = batch_indices(seed, step, rank, len(run.latents), local_batch).to(device, non_blocking=True)
+            x1, y = run.latents[idx], run.labels[idx]
+            if run.latents_flip is not None:
                 use_flip = torch.rand(local_batch, device=device) < 0.5
-                x1 = torch.where(use_flip.view(-1, 1, 1, 1), latents_flip[idx], x1)
-            x1 = time_shift(x1, cfg["data"]["time_shift"], cfg["seed"], step, rank)
+                x1 = torch.where(use_flip.view(-1, 1, 1, 1), run.latents_flip[idx], x1)
+            x1 = time_shift(x1, cfg["data"]["time_shift"], seed, step, rank)
             lr = lr_at(step, tcfg)
-            values, grad_norm, finite = train_step(train_model, params, opt, scaler, x1, y, lr, tcfg, device, dtype)
-            ema_update(ema, model, ema_decay_at(step, tcfg["ema_decay"]))
+            values, grad_norm, finite = train_step(run.train_model, run.params, run.opt, run.scaler, x1, y, lr, tcfg,
+                                                   device, run.dtype)
+            ema_update(run.ema, run.model, ema_decay_at(step, tcfg["ema_decay"]))
             bad_steps = torch.where(finite, torch.zeros_like(bad_steps), bad_steps + 1)
             bad_total += (~finite).float()
             sum_loss += torch.where(finite, values, 0.0)
-            step += 1
+            run.step = step = step + 1
             steps_in_interval += 1
 
             # logging, stopping, held-out checks, checkpoints and samples (the only host syncs)
-            at_log = step % lcfg["log_every"] == 0 or step == max_steps
+            at_log = step % lcfg["log_every"] == 0 or step == run.max_steps
             if at_log or world == 1:
                 stop_reason = _stop_reason(stop, tcfg["time_budget"], t_start, world, device)
             if at_log:
                 if int(bad_steps) >= tcfg["max_bad_steps"]:
                     stop_reason = f"{int(bad_steps)} non-finite steps in a row"
-                sums = sum_loss.clone()
-                if world > 1:
-                    import torch.distributed as dist
-                    dist.all_reduce(sums)
-                    sums /= world
-                good = max(1, steps_in_interval - int(bad_total))
-                elapsed = time.time() - t_log
-                row = dict(step=step, loss=float(sums[0]) / good, mse=float(sums[1]) / good, cos=float(sums[2]) / good,
-                           grad_norm=float(grad_norm), lr=lr, images_per_s=steps_in_interval * tcfg["batch_size"] / elapsed,
-                           skipped_steps=int(bad_total), time_s=round(time.time() - t_start, 1),
-                           peak_mem_gb=torch.cuda.max_memory_allocated(device) / 2 ** 30 if device.type == "cuda" else None)
-                if rank == 0:
-                    with open(log_path, "a") as f:
-                        f.write(json.dumps(row) + "\n")
-                    log(f"step {step}: loss {row['loss']:.4f} (mse {row['mse']:.4f}, cos {row['cos']:.4f}), "
-                        f"grad {row['grad_norm']:.2f}, {row['images_per_s']:.0f} img/s"
-                        + (f", {row['skipped_steps']} non-finite steps skipped" if row["skipped_steps"] else ""))
+                log_interval(run, sum_loss.clone(), steps_in_interval, bad_total, grad_norm, lr, t_log, t_start)
                 sum_loss.zero_()
                 bad_total.zero_()
                 steps_in_interval, t_log = 0, time.time()
             if stop_reason:
                 break
-            if heldout is not None and (step % check_every == 0 or step == max_steps):
-                stop_reason = _agree(check_heldout() if rank == 0 else None, world, device)
+            if run.heldout is not None and (step % run.check_every == 0 or step == run.max_steps):
+                stop_reason = _agree(held_out_check(run) if rank == 0 else None, world, device)
                 if stop_reason:
                     break
             if step % lcfg["sample_every"] == 0 and rank == 0:
-                save_sample_grid(os.path.join(settings.output_dir, "samples", f"step_{step:07d}.png"), ema, meta, cfg,
-                                 device, dtype, tokenizer)
-            if step % lcfg["ckpt_every"] == 0 and step < max_steps:
-                save(f"every {lcfg['ckpt_every']} steps")
-        tuned_for = (sampling or {}).get("step")
-        if rank == 0 and tuned_for != monitor["best_step"] and mcfg["tune_sampling"] and monitor["best_step"] is not None \
-                and not stop.signal and not (stop_reason and "non-finite" in stop_reason) and len(classes) > 1:
-            sampling = choose_sampling(settings.output_dir, ema, heldout, cfg, latent_shape, device, dtype, log)
-        save(stop_reason or "end of training")
-    if rank == 0 and os.path.isfile(log_path):
-        plot_log(settings.output_dir, monitor["best_step"])
-    if stop_reason and "non-finite" in stop_reason:
-        raise UsageError(f"training stopped at step {step}: {stop_reason} (checkpoint saved); lower --lr or check the "
-                         f"latents")
+                save_sample_grid(os.path.join(settings.output_dir, "samples", f"step_{step:07d}.png"), run.ema,
+                                 run.meta, cfg, device, run.dtype, run.tokenizer)
+            if step % lcfg["ckpt_every"] == 0 and step < run.max_steps:
+                run.save(f"every {lcfg['ckpt_every']} steps")
+        diverged = bool(stop_reason and "non-finite" in stop_reason)
+        if rank == 0 and not stop.signal and not diverged:
+            choose_sampling(run)
+        run.save(stop_reason or "end of training")
+    if rank == 0 and os.path.isfile(run.log_path):
+        plot_log(settings.output_dir, run.monitor["best_step"])
+    if diverged:
+        raise UsageError(f"training stopped at step {run.step}: {stop_reason} (checkpoint saved); lower --lr or check "
+                         f"the latents")
     outputs = ["config.yaml", "checkpoints/", "log.jsonl", "loss.png"]
     if os.path.isdir(os.path.join(settings.output_dir, "samples")):
         outputs.append("samples/")
-    return dict(step=step, stopped=stop_reason, run_dir=settings.output_dir, stats_source=stats_source,
-                best_step=monitor["best_step"], sampling=sampling, outputs=outputs)
+    return dict(step=run.step, stopped=stop_reason, run_dir=settings.output_dir, best_step=run.monitor["best_step"],
+                stats_source=run.meta["stats"]["source"], sampling=run.sampling, outputs=outputs)
 
 
 def _agree(reason, world, device):
@@ -677,18 +735,22 @@ def _agree(reason, world, device):
     return box[0]
 
 
-def choose_sampling(run_dir, ema, heldout, cfg, latent_shape, device, dtype, log):
-    """Pick guidance scale and interval for the best checkpoint on held-out data; record them in best.pt."""
-    best = read_checkpoint(os.path.join(run_dir, "checkpoints", "best.pt"), what="best.pt")
-    model = copy.deepcopy(ema)   # not a new LightningDiT: building one would draw from the training RNG
+def choose_sampling(run):
+    """Pick guidance scale and interval for best.pt on held-out data and record them in it (once per best step;
+    not for one class: nothing to guide towards)."""
+    best_step, mcfg = run.monitor["best_step"], run.cfg["monitor"]
+    if (not mcfg["tune_sampling"] or best_step is None or len(run.meta["classes"]) == 1
+            or (run.sampling or {}).get("step") == best_step):
+        return
+    best = read_checkpoint(os.path.join(run.settings.output_dir, "checkpoints", "best.pt"), what="best.pt")
+    model = copy.deepcopy(run.ema)   # not a new LightningDiT: building one would draw from the training RNG
     model.load_state_dict(dit_state_dict_from_checkpoint(best, prefer_ema=True))
-    mcfg = cfg["monitor"]
-    base = dict(cfg["sample"], num_steps=mcfg["num_steps"])
-    chosen, tried = tune_sampling(lambda s: heldout.score_model(model, s, mcfg["samples_per_class"], cfg["seed"],
-                                                                latent_shape, device, dtype), base)
-    sampling = dict(cfg_scale=chosen["cfg_scale"], cfg_interval_start=chosen["cfg_interval_start"], step=best["step"])
+    base = dict(run.cfg["sample"], num_steps=mcfg["num_steps"])
+    chosen, tried = tune_sampling(lambda s: run.heldout.score_model(model, s, mcfg["samples_per_class"],
+                                                                    run.cfg["seed"], run.meta["latent_shape"],
+                                                                    run.device, run.dtype), base)
+    run.sampling = dict(cfg_scale=chosen["cfg_scale"], cfg_interval_start=chosen["cfg_interval_start"], step=best_step)
     table = ", ".join(f"cfg {s['cfg_scale']:g}/{s['cfg_interval_start']:g}: {r['score']:.3g}" for s, r in tried)
-    log(f"sampling chosen on held-out data for best.pt (step {best['step']}): cfg_scale {sampling['cfg_scale']:g}, "
-        f"cfg_interval_start {sampling['cfg_interval_start']:g} (scores {table})")
-    save_best(run_dir, dict(best, sampling=sampling))
-    return sampling
+    run.log(f"sampling chosen on held-out data for best.pt (step {best_step}): cfg_scale {chosen['cfg_scale']:g}, "
+            f"cfg_interval_start {chosen['cfg_interval_start']:g} (scores {table})")
+    save_best(run.settings.output_dir, dict(best, sampling=run.sampling))
