@@ -23,9 +23,9 @@ import torch
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from models.lightningdit import RELEASE_FLAGS, LightningDiT_models, model_arch  # noqa: E402
-from models.transport import training_losses  # noqa: E402
-from pipeline.common import autocast, pick_device, pick_precision  # noqa: E402
-from pipeline.train import batch_indices, ema_decay_at, ema_update, make_optimizer  # noqa: E402
+from pipeline.common import pick_device, pick_precision  # noqa: E402
+from pipeline.train import (batch_indices, ema_decay_at, ema_update, lr_at, make_grad_scaler,  # noqa: E402
+                            make_optimizer, train_step)
 
 
 def train_flops_per_image(name, input_size=16, channels=32):
@@ -69,9 +69,10 @@ def run(args):
     ema = LightningDiT_models[args.model](input_size=16, in_channels=32, num_classes=10, **RELEASE_FLAGS).to(device)
     ema.requires_grad_(False)
     params = [p for p in model.parameters() if p.requires_grad]
-    opt = make_optimizer(params, dict(lr=2e-4, beta1=0.9, beta2=0.95, weight_decay=0.0))
-    scaler = torch.amp.GradScaler(device.type, init_scale=2.0 ** 16 if dtype == torch.float16 else 1.0,
-                                  growth_interval=2000 if dtype == torch.float16 else 2 ** 30)
+    tcfg = dict(lr=2e-4, beta1=0.9, beta2=0.95, weight_decay=0.0, grad_clip=1.0, cos_loss_weight=1.0,
+                warmup_steps=0, ema_decay=0.9999)
+    opt = make_optimizer(params, tcfg)
+    scaler = make_grad_scaler(device, dtype)
     fwd = torch.compile(model) if args.compile else model
     latents = torch.randn(args.num_latents, 32, 16, 16, device=device)
     labels = torch.randint(10, (args.num_latents,), device=device)
@@ -79,7 +80,8 @@ def run(args):
         torch.cuda.reset_peak_memory_stats(device)
 
     def step(i, timed):
-        """One training step as the loop runs it; with `timed`, synchronised time marks between phases."""
+        """One training step as stage 2's loop runs it (the same train_step); with `timed`, synchronised time
+        marks after the data, the optimizer step and the EMA update."""
         marks = [time.perf_counter()]
 
         def lap():
@@ -90,18 +92,9 @@ def run(args):
         idx = batch_indices(0, i, 0, len(latents), args.batch_size).to(device, non_blocking=True)
         x1, y = latents[idx], labels[idx]
         lap()
-        with autocast(device, dtype):
-            losses = training_losses(fwd, x1, y)
-        loss = (losses["mse"] + losses["cos"]).mean()
+        train_step(fwd, params, opt, scaler, x1, y, lr_at(i, tcfg), tcfg, device, dtype)
         lap()
-        opt.zero_grad(set_to_none=True)
-        scaler.scale(loss).backward()
-        lap()
-        scaler.unscale_(opt)
-        torch.nn.utils.clip_grad_norm_(params, 1.0)
-        scaler.step(opt)
-        scaler.update()
-        ema_update(ema, model, ema_decay_at(i, 0.9999))
+        ema_update(ema, model, ema_decay_at(i, tcfg["ema_decay"]))
         lap()
         return marks
 
@@ -109,10 +102,10 @@ def run(args):
         step(i, False)
     sync(device)
     # 1) phases, with a sync between them
-    phases = torch.zeros(4)
+    phases = torch.zeros(3)
     for i in range(args.steps):
         m = step(i, True)
-        phases += torch.tensor([m[1] - m[0], m[2] - m[1], m[3] - m[2], m[4] - m[3]])
+        phases += torch.tensor([m[1] - m[0], m[2] - m[1], m[3] - m[2]])
     phases /= args.steps
     # 2) the whole step as the training loop runs it: no syncs inside
     sync(device)
@@ -124,11 +117,11 @@ def run(args):
     images_per_s = args.batch_size / step_time
     rate = matmul_rate(device, dtype)
     flops = train_flops_per_image(args.model)
-    core = float(phases[1] + phases[2] + phases[3])
+    core = float(phases[1] + phases[2])
     result = dict(model=args.model, batch_size=args.batch_size, precision=str(dtype or "fp32"), compile=args.compile,
                   grad_checkpointing=args.grad_checkpointing, device=_device_name(device),
                   images_per_s=round(images_per_s, 2), step_ms=round(1000 * step_time, 2),
-                  phase_ms=dict(zip(("data", "forward", "backward", "optimizer_ema"),
+                  phase_ms=dict(zip(("data", "forward_backward_optimizer", "ema"),
                                     [round(1000 * float(v), 2) for v in phases])),
                   loop_overhead_fraction=round(max(0.0, float(phases[0]) / float(phases.sum())), 4),
                   train_gflops_per_image=round(flops / 1e9, 2), matmul_tflops=round(rate / 1e12, 3),
