@@ -6,8 +6,8 @@ cd "$(dirname "$0")"
 OUT=${OUT:-demo_output}
 PY=${PYTHON:-$(command -v python || command -v python3)}
 rm -rf "$OUT"
-echo "== 1/4 simulate 5 activities x 120 spectrograms"
-$PY -m pipeline.simulate --out "$OUT/data" --per_class 120 --size 128 --seed 0
+echo "== 1/4 simulate 5 activities x 60 spectrograms (a small data set, as real measured ones are)"
+$PY -m pipeline.simulate --out "$OUT/data" --per_class 60 --size 128 --seed 0
 echo "== 2/4 stage 1: encode with the demo tokenizer"
 $PY stage1_extract_features.py --data_dir "$OUT/data" --vavae_path demo --image_size 128 \
     --output_dir "$OUT/latents" --val_fraction 0.2 --num_workers 0

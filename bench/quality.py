@@ -207,12 +207,16 @@ def run_set(name, args):
 
 
 def _trained_steps(run_dir):
-    """train.max_steps of the run's resolved config.yaml (what stage 2 actually trained), or None."""
+    """(steps trained, step of best.pt) from the run's log.jsonl and best checkpoint; None where unknown."""
+    import torch
     try:
-        import yaml
-        return yaml.safe_load(open(os.path.join(run_dir, "config.yaml")))["train"]["max_steps"]
-    except Exception:  # noqa: BLE001 - informational only
-        return None
+        with open(os.path.join(run_dir, "log.jsonl")) as f:
+            steps = max(json.loads(line)["step"] for line in f if line.strip())
+    except (OSError, ValueError):
+        steps = None
+    best = os.path.join(run_dir, "checkpoints", "best.pt")
+    best_step = int(torch.load(best, map_location="cpu", weights_only=True)["step"]) if os.path.isfile(best) else None
+    return dict(trained=steps, best=best_step)
 
 
 # --------------------------------------------------------------------------------
