@@ -10,6 +10,17 @@ import argparse
 from pipeline.cli import fraction, nonnegative_int, positive_int
 from pipeline.common import run_cli
 from pipeline.extract import run
+from pipeline.figure_trim import parse_trim
+from pipeline.preprocess import hygiene_lines
+
+
+def trim_option(text):
+    """argparse type for --trim: the text itself once parse_trim accepts it (dataset.json records it)."""
+    try:
+        parse_trim(text)
+    except ValueError as e:
+        raise argparse.ArgumentTypeError(str(e)) from None
+    return str(text).strip().lower()
 
 
 def parse_args(argv=None):
@@ -19,10 +30,16 @@ def parse_args(argv=None):
                    help="VA-VAE tokenizer (.pt or .safetensors), or 'demo' for the offline demo tokenizer")
     p.add_argument("--imagenet_stats", default="pretrained/latents_stats.pt", help="ImageNet latents_stats.pt to compare with")
     p.add_argument("--output_dir", default="latent_features")
-    p.add_argument("--image_size", default="256", help="N or HxW, multiples of 16")
+    p.add_argument("--image_size", default="256", help="N, a multiple of 16 (stage 2 trains square latents)")
     p.add_argument("--resize", choices=["stretch", "center_crop", "pad"], default="stretch",
                    help="stretch (default) keeps the whole spectrogram; cropping can cut Doppler extremes")
-    p.add_argument("--color", choices=["auto", "gray", "rgb"], default="auto")
+    p.add_argument("--color", choices=["auto", "gray", "rgb"], default="auto",
+                   help="auto: grayscale stays gray, a colour-mapped set (jet, viridis, parula, turbo, hot, ...) is "
+                        "inverted to one intensity channel and stage 3 draws in the same map, other colour stays "
+                        "RGB; gray: luminance; rgb: colours as they are")
+    p.add_argument("--trim", type=trim_option, default="auto",
+                   help="auto: cut the plot area out of figure exports (margins, axes, labels, colour bar), plain "
+                        "spectrograms untouched; none; or x0,y0,x1,y1 in pixels for every image")
     p.add_argument("--flip", choices=["none", "time", "doppler"], default="none",
                    help="also store flipped latents (off by default: a flip changes the activity's meaning)")
     p.add_argument("--val_fraction", type=fraction, default=0.1, help="held-out fraction per class (0: none)")
@@ -50,6 +67,19 @@ def main(argv=None):
     counts = ", ".join(f"{c['name']}: {c['train']}+{c['heldout']}" for c in manifest["classes"])
     print(f"encoded {manifest['num_images']} images ({counts} train+held-out), latents {manifest['latent_shape']}, "
           f"colour {manifest['color_mode']}, in {manifest['timings']['total_s']:.1f} s -> {args.output_dir}")
+    print(f"colour: {manifest['color_detection']['reason']}")
+    trim = manifest["trim"]
+    if trim["mode"] != "none":
+        print(f"trim {trim['mode']}: {trim['trimmed']} of {trim['images']} image(s) cut to their plot area "
+              f"(boxes in dataset.json)")
+    if manifest["value_range"]:
+        vr = manifest["value_range"]
+        print(f"values: {vr['kind']} data scaled by one data-set range {vr['lo']:.6g} .. {vr['hi']:.6g} "
+              f"(0.5/99.5 percentiles of the training images)")
+    for line in hygiene_lines(manifest["hygiene"], dict(mixed=manifest["hygiene"].get("mixed_color"),
+                                                         off_map=manifest["hygiene"].get("off_map", []),
+                                                         colormap=manifest["colormap"])):
+        print(f"hygiene: {line}")
     if manifest["skipped"]:
         print(f"skipped {len(manifest['skipped'])} unreadable file(s), listed in dataset.json, e.g. "
               f"{manifest['skipped'][0]['path']}: {manifest['skipped'][0]['reason']}")

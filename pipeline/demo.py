@@ -11,14 +11,17 @@ import shutil
 
 import torch
 
+from pipeline.common import read_json
 from pipeline.images import IMAGE_EXTENSIONS, find_classes, load_for_tokenizer, make_grid, safe_name
 
 
 def real_vs_generated_grid(real_dir, generated_dir, path, per_row=8):
     """For each class: a row of real images, then a row of generated ones."""
     rows = []
+    record = os.path.join(generated_dir, "samples.json")
+    folders = {n: c["folder"] for n, c in read_json(record)["classes"].items()} if os.path.isfile(record) else {}
     for name, files in find_classes(real_dir).items():
-        gen = sorted(p for p in glob.glob(os.path.join(generated_dir, safe_name(name), "*"))
+        gen = sorted(p for p in glob.glob(os.path.join(generated_dir, folders.get(name, safe_name(name)), "*"))
                      if p.lower().endswith(IMAGE_EXTENSIONS))[:per_row]
         real = files[:per_row]
         size = load_for_tokenizer(real[0], (128, 128))[0].shape[-2:]
@@ -36,7 +39,8 @@ def main(argv=None):
     grid = os.path.join(args.out, "grid.png")
     real_vs_generated_grid(args.real, args.generated, grid)
     shutil.copyfile(os.path.join(args.generated, "eval.json"), os.path.join(args.out, "eval.json"))
-    result = json.load(open(os.path.join(args.out, "eval.json")))
+    with open(os.path.join(args.out, "eval.json")) as f:
+        result = json.load(f)
     print(f"\ndemo done.\n  {grid}: real (odd rows) and generated (even rows), one pair of rows per class\n"
           f"  {os.path.join(args.out, 'eval.json')}: all metrics (README, 'Evaluation')\n"
           f"  generated_accuracy {result['generated_accuracy']:.3f} (classifier trained on real; real held-out "

@@ -6,8 +6,11 @@ memorisation and spectrogram statistics.
 
 `--real` is a class-folder tree (split here into train/held-out, deterministic by seed) or a stage 1
 output dir (its held-out split is the reference, its train split is used for the classifier and
-for memorisation). `--generated` is a class-folder tree (stage 3 output). All metrics are computed on
-images resized to 64x64, three channels, in [0, 1].
+for memorisation). `--generated` is a class-folder tree (stage 3 output). Real and generated images go
+through the same preprocessing: the stage 1 run's (dataset.json: colour mode and map, value range, plot-area
+boxes) or, for a folder tree, what stage 1 would decide for it; a colour mode the generated images cannot
+be brought into is a one-line error. All metrics are computed on images resized to 64x64, three channels,
+in [0, 1].
 """
 
 import argparse
@@ -23,7 +26,9 @@ import torch.nn.functional as F
 from PIL import Image
 
 from pipeline.common import UsageError, read_json, write_json_atomic
+from pipeline.figure_trim import parse_trim
 from pipeline.images import IMAGE_EXTENSIONS, find_classes, load_for_tokenizer, make_grid, safe_name, split_indices
+from pipeline.preprocess import check_generated, decide_color, decide_value_range, scan_files
 
 EVAL_SIZE = (64, 64)
 MEMORISATION_THRESHOLD = 0.5   # nearest-train distance / that image's own NN spacing below this = memorised
@@ -35,19 +40,45 @@ CACHE_DIR = os.environ.get("MICRODOPPLER_CACHE", os.path.expanduser("~/.cache/mi
 #                                   Data
 # --------------------------------------------------------------------------------
 
-def _load(paths):
-    """Images as (N, 3, 64, 64) float32 in [0, 1]; unreadable files are dropped (and counted)."""
+def _load(paths, prep, boxes=None):
+    """Images through one preprocessing as (N, 3, 64, 64) float32 in [0, 1], and the count of unreadable
+    files (dropped, like stage 1 skips them). prep: dict(color, colormap, value_range) (see real_preprocessing);
+    boxes: a plot-area box per path, or None."""
     out, bad = [], 0
-    for p in paths:
+    for i, p in enumerate(paths):
         try:
-            out.append((load_for_tokenizer(p, EVAL_SIZE)[0] + 1) / 2)
+            x = load_for_tokenizer(p, EVAL_SIZE, "stretch", prep["color"], prep["colormap"], prep["value_range"],
+                                   boxes[i] if boxes else None)[0]
+            out.append((x + 1) / 2)
         except Exception:  # noqa: BLE001 - skip unreadable files, like stage 1
             bad += 1
     return (torch.stack(out) if out else torch.zeros(0, 3, *EVAL_SIZE)), bad
 
 
-def load_real(real, seed=0, heldout_fraction=0.2):
-    """(class names, train images, train labels, held-out images, held-out labels)."""
+def _tree_preprocessing(paths, split, color, trim):
+    """A class-folder tree of real images gets what stage 1 would decide for it: plot-area boxes, one value
+    range over its training split, its colour map. Returns (prep, boxes)."""
+    try:
+        spec = parse_trim(trim)
+    except ValueError as e:
+        raise UsageError(str(e)) from None
+    scans = scan_files(paths, spec)
+    bad = next((s for s in scans if s.get("trim_error")), None)
+    if bad is not None:
+        raise UsageError(bad["error"])
+    value_range, _ = decide_value_range(scans, [not s for s in split])
+    decided = decide_color(scans, color, [os.path.basename(p) for p in paths])
+    prep = dict(color=color, colormap=decided["colormap"]["name"] if decided["colormap"] else None,
+                value_range=value_range, color_mode=decided["color_mode"], reason=decided["reason"],
+                real_colour=any(not s["gray"] for s in scans if s.get("error") is None))
+    return prep, [s.get("box") for s in scans]
+
+
+def load_real(real, seed=0, heldout_fraction=0.2, color="auto", trim="auto"):
+    """(class names, train images, train labels, held-out images, held-out labels, prep). A stage 1 output
+    dir brings its own preprocessing (dataset.json: colour mode and map, value range, plot-area boxes);
+    `color` other than auto overrides its colour handling. A class-folder tree is scanned here the way
+    stage 1 would (see _tree_preprocessing)."""
     manifest = os.path.join(real, "dataset.json")
     if os.path.isfile(manifest):
         from pipeline.latents import load_latents
@@ -59,21 +90,31 @@ def load_real(real, seed=0, heldout_fraction=0.2):
         data = load_latents(real, check_finite=False)   # rows are in dataset.json's file order
         paths = [os.path.join(data_dir, rel) for rel in info["files"]]
         labels, split = data["labels"].tolist(), data["split"].numpy()
+        stage1_color = info.get("settings", {}).get("color", "auto")
+        colormap = (info.get("colormap") or {}).get("name")
+        prep = dict(color=color if color != "auto" else stage1_color, colormap=colormap,
+                    value_range=info.get("value_range"), color_mode=info.get("color_mode", "rgb"),
+                    reason=(info.get("color_detection") or {}).get("reason", ""),
+                    real_colour=(info.get("color_detection") or {}).get("colour_images", 1) > 0)
+        if color == "gray":
+            prep.update(colormap=None, color_mode="gray")
+        boxes = [tuple(b) for b in info["trim_boxes"]] if info.get("trim_boxes") else None
     else:
         classes = find_classes(real)
         names = list(classes)
         paths = [p for n in names for p in classes[n]]
         labels = [c for c, n in enumerate(names) for _ in classes[n]]
         split = split_indices(labels, heldout_fraction, seed)
+        prep, boxes = _tree_preprocessing(paths, split, color, trim)
     labels = torch.tensor(labels)
-    x, _ = _load(paths)
+    x, _ = _load(paths, prep, boxes)
     split = torch.as_tensor(np.asarray(split)).bool()
-    return names, x[~split], labels[~split], x[split], labels[split]
+    return names, x[~split], labels[~split], x[split], labels[split], prep
 
 
-def load_generated(generated, names):
-    """Generated images with labels: from stage 3's samples.json when there is one (its class -> folder map),
-    else from folder names matched to the real class names (also via safe_name)."""
+def _generated_files(generated, names):
+    """[(path, label)] of the generated images: from stage 3's samples.json when there is one (its class ->
+    folder map), else from folder names matched to the real class names (also via safe_name)."""
     if not os.path.isdir(generated):
         raise UsageError(f"--generated {generated}: no such folder")
     record = os.path.join(generated, "samples.json")
@@ -83,7 +124,7 @@ def load_generated(generated, names):
     else:
         lookup = {n: c for c, n in enumerate(names)}
         lookup.update({safe_name(n): c for c, n in enumerate(names)})
-    xs, ys, unknown = [], [], []
+    found, unknown = [], []
     for folder in sorted(os.listdir(generated)):
         full = os.path.join(generated, folder)
         if not os.path.isdir(full) or folder.startswith("."):
@@ -91,15 +132,31 @@ def load_generated(generated, names):
         if folder not in lookup:
             unknown.append(folder)
             continue
-        files = sorted(os.path.join(full, f) for f in os.listdir(full) if f.lower().endswith(IMAGE_EXTENSIONS))
-        x, _ = _load(files)
-        xs.append(x)
-        ys += [lookup[folder]] * len(x)
+        found += [(os.path.join(full, f), lookup[folder]) for f in sorted(os.listdir(full))
+                  if f.lower().endswith(IMAGE_EXTENSIONS)]
     if unknown:
         raise UsageError(f"--generated {generated}: folders {', '.join(unknown)} match no real class ({', '.join(names)})")
-    if not ys:
+    if not found:
         raise UsageError(f"--generated {generated}: no generated images found")
-    return torch.cat(xs), torch.tensor(ys)
+    return found
+
+
+def load_generated(generated, names, prep=None):
+    """Generated images with labels, through the real images' colour handling (prep, from load_real: the
+    same colour mode and map; generated images are already the plot area, in 8 bits). A colour mode they
+    cannot be brought into is a UsageError naming the mismatch."""
+    prep = prep or dict(color="auto", colormap=None, value_range=None, color_mode="rgb", real_colour=True)
+    found = _generated_files(generated, names)
+    paths = [p for p, _ in found]
+    if prep["color"] != "gray":   # luminance compares anything with anything
+        real_mode = prep["color_mode"]
+        if real_mode == "rgb" and prep.get("real_colour") is False:
+            real_mode = "gray"    # --color rgb on a grayscale set: gray images on both sides
+        problem = check_generated(real_mode, prep["colormap"], scan_files(paths, "none"), f"--generated {generated}")
+        if problem:
+            raise UsageError(problem)
+    x, _ = _load(paths, dict(prep, value_range=None))
+    return x, torch.tensor([c for _, c in found])
 
 
 def check_heldout(latent_dir):
@@ -272,11 +329,11 @@ def spectrogram_statistics(real, gen):
 #                                  Report
 # --------------------------------------------------------------------------------
 
-def evaluate(real, generated, out, seed=0, vavae_path=None, tokenizer=None):
+def evaluate(real, generated, out, seed=0, vavae_path=None, tokenizer=None, color="auto", trim="auto"):
     """Compute every metric; write `out` (eval.json), eval.png and memorisation.png beside it. With a
     tokenizer (`vavae_path`, or an already loaded `tokenizer`), Fréchet distance and precision/recall are also computed in its latent space."""
-    names, x_train, y_train, x_held, y_held = load_real(real, seed)
-    x_gen, y_gen = load_generated(generated, names)
+    names, x_train, y_train, x_held, y_held, prep = load_real(real, seed, color=color, trim=trim)
+    x_gen, y_gen = load_generated(generated, names, prep)
     if len(x_held) == 0:
         raise UsageError(f"--real {real}: no held-out real images to compare with (stage 1 --val_fraction 0?)")
     k = len(names)
@@ -298,7 +355,9 @@ def evaluate(real, generated, out, seed=0, vavae_path=None, tokenizer=None):
         memorisation_fraction=float((ratio < MEMORISATION_THRESHOLD).float().mean()),
         memorisation_threshold=MEMORISATION_THRESHOLD,
         num_real=int(len(x_held)), num_real_train=int(len(x_train)), num_generated=int(len(x_gen)),
-        **spectrogram_statistics(x_held, x_gen), per_class={})
+        **spectrogram_statistics(x_held, x_gen), per_class={},
+        preprocessing=dict(color=prep["color"], color_mode=prep["color_mode"], colormap=prep["colormap"],
+                           value_range=prep["value_range"], reason=prep["reason"]))
     z_held = z_gen = None
     if vavae_path and tokenizer is None:
         from models.vavae import load_vavae
@@ -375,10 +434,14 @@ def main(argv=None):
     p.add_argument("--out", default="eval.json")
     p.add_argument("--seed", type=nonnegative_int, default=0)
     p.add_argument("--vavae_path", default=None, help="also compare in this tokenizer's latent space ('demo' works)")
+    p.add_argument("--color", choices=["auto", "gray", "rgb"], default="auto",
+                   help="auto: the stage 1 run's colour handling (a latent dir) or stage 1's detection (a folder "
+                        "tree); gray: compare both sides as luminance")
+    p.add_argument("--trim", default="auto", help="plot-area crop of a real folder tree: auto, none or x0,y0,x1,y1")
     args = p.parse_args(argv)
 
     def run():
-        r = evaluate(args.real, args.generated, args.out, args.seed, args.vavae_path)
+        r = evaluate(args.real, args.generated, args.out, args.seed, args.vavae_path, color=args.color, trim=args.trim)
         print(json.dumps({k: v for k, v in _json_safe(r).items() if k != "per_class"}, indent=1))
     run_cli(run)
 

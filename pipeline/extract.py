@@ -2,6 +2,10 @@
 Stage 1 logic: image folders -> latent shards, channel statistics, stats recommendation,
 dataset manifest and a reconstruction report. `stage1_extract_features.py` is its command line.
 
+Before encoding, every file is scanned once (pipeline/preprocess.py) and the data set's preprocessing is
+decided: plot-area box per image, one value range, colour mode and colour map, and a hygiene report; each
+image is then cut, scaled, coloured and resized the same way (load_prepared).
+
 Work is cut into shards of consecutive image indices; a shard is written atomically once complete,
 so an interrupted run resumes at the first missing shard. Under torchrun, rank r encodes the shards
 k with k % world_size == r, and rank 0 writes stats and metadata once all shards exist.
@@ -21,7 +25,9 @@ from models.vavae import load_vavae
 from pipeline.common import (UsageError, atomic_torch_save, autocast, barrier, cleanup_distributed, init_distributed,
                              pick_device, pick_precision, read_json, write_json_atomic, write_text_atomic)
 from pipeline.config import config_differences
-from pipeline.images import find_classes, load_for_tokenizer, make_grid, split_indices
+from pipeline.figure_trim import parse_trim
+from pipeline.images import load_for_tokenizer, make_grid, split_indices, walk_classes
+from pipeline.preprocess import decide_color, decide_value_range, display_names, hygiene_report, scan_files
 from pipeline.latents import list_shards, load_latents, read_shard_info, shard_path, write_shard
 from pipeline.stats import channel_stats, format_recommendation, load_stats, psnr, recommend, ssim
 
@@ -30,11 +36,19 @@ OUTPUT_FILES = ("latents_stats.pt", "latents_stats_imagenet.pt", "stats_recommen
                 "dataset.json", "reconstruction.png", "extraction.json")
 
 
-class ImageFiles(Dataset):
-    """Decodes files in DataLoader workers. Item: dict(index, x (3, H, W) or None, gray, size, error)."""
+def load_prepared(files, i, size, resize, prep):
+    """File i through the data set's preprocessing (plot-area box, value range, colour) -> load_for_tokenizer's
+    (x (3, H, W) in [-1, 1], is_gray, (width, height) of the area used)."""
+    return load_for_tokenizer(files[i], size, resize, prep["color"], prep["colormap"], prep["value_range"],
+                              prep["boxes"][i])
 
-    def __init__(self, files, indices, size, resize, color):
-        self.files, self.indices, self.size, self.resize, self.color = files, indices, size, resize, color
+
+class ImageFiles(Dataset):
+    """Decodes files in DataLoader workers. Item: dict(index, x (3, H, W) or None, gray, size, error).
+    prep: the data set's preprocessing (see prepare_data)."""
+
+    def __init__(self, files, indices, size, resize, prep):
+        self.files, self.indices, self.size, self.resize, self.prep = files, indices, size, resize, prep
 
     def __len__(self):
         return len(self.indices)
@@ -42,7 +56,7 @@ class ImageFiles(Dataset):
     def __getitem__(self, i):
         index = self.indices[i]
         try:
-            x, gray, orig = load_for_tokenizer(self.files[index], self.size, self.resize, self.color)
+            x, gray, orig = load_prepared(self.files, index, self.size, self.resize, self.prep)
             return dict(index=index, x=x, gray=gray, size=orig, error=None)
         except Exception as e:  # noqa: BLE001 - any decoder failure means "skip this file, say why"
             return dict(index=index, x=None, gray=None, size=None, error=f"{type(e).__name__}: {str(e)[:160]}")
@@ -62,13 +76,25 @@ def parse_image_size(text):
         parts *= 2
     if len(parts) != 2 or any(p <= 0 or p % 16 for p in parts):
         raise UsageError(f"--image_size {text}: height and width must be positive multiples of 16")
+    if parts[0] != parts[1]:
+        # the tokenizer downsamples both sides alike, so the latents would not be square either
+        raise UsageError(f"--image_size {text}: stage 2 trains only square latents; use a square size such as "
+                         f"--image_size {max(parts)}")
     return tuple(parts)
+
+
+def check_token_count(size, downsample, text):
+    """Refuse, before encoding, an image size whose latents are too small for stage 2 to cut into tokens."""
+    side = size[0] // downsample
+    if side < 2:
+        raise UsageError(f"--image_size {text}: gives {side}x{side} latents (the tokenizer downsamples "
+                         f"{downsample}x), too few tokens for stage 2; use --image_size {2 * downsample} or more")
 
 
 def _settings(args, files, size, tokenizer_info):
     file_hash = hashlib.sha1("\n".join(files).encode()).hexdigest()
     return dict(data_dir=os.path.abspath(args.data_dir), files_sha1=file_hash, num_files=len(files),
-                image_size=list(size), resize=args.resize, color=args.color, flip=args.flip,
+                image_size=list(size), resize=args.resize, color=args.color, trim=args.trim, flip=args.flip,
                 val_fraction=args.val_fraction, seed=args.seed, sample_posterior=args.sample_posterior,
                 tokenizer=tokenizer_info["name"], tokenizer_bytes=tokenizer_info["bytes"], shard_size=args.shard_size)
 
@@ -155,7 +181,7 @@ def _flip(x, flip):
     return x.flip(-1) if flip == "time" else x.flip(-2)
 
 
-def encode_shards(args, files, digests, labels, split, size, tokenizer, device, dtype, rank, world):
+def encode_shards(args, files, digests, labels, split, size, tokenizer, device, dtype, rank, world, prep):
     """Encode every shard this rank owns that is not on disk yet; each records the fingerprint of its images."""
     num_shards = (len(files) + args.shard_size - 1) // args.shard_size
     done = list_shards(args.output_dir)
@@ -163,7 +189,8 @@ def encode_shards(args, files, digests, labels, split, size, tokenizer, device, 
     if not todo:
         return
     indices = [i for k in todo for i in range(k * args.shard_size, min((k + 1) * args.shard_size, len(files)))]
-    loader = DataLoader(ImageFiles(files, indices, size, args.resize, args.color), batch_size=args.batch_size,
+    slim = {k: prep[k] for k in ("color", "colormap", "value_range", "boxes")}   # what workers need
+    loader = DataLoader(ImageFiles(files, indices, size, args.resize, slim), batch_size=args.batch_size,
                         num_workers=args.num_workers, collate_fn=_collate)
     pending = {k: [] for k in todo}
     expected = {k: min((k + 1) * args.shard_size, len(files)) - k * args.shard_size for k in todo}
@@ -209,7 +236,7 @@ def _write_shard(out, rank, k, items, labels, split, content_sha1):
     write_shard(shard_path(out, rank, k), tensors, info)
 
 
-def _reconstruction_report(args, files, labels, split, names, size, tokenizer, device, dtype, gray):
+def _reconstruction_report(args, files, labels, split, names, size, tokenizer, device, dtype, gray, prep):
     """Encode/decode up to --recon_images per class (held-out first); PSNR/SSIM per class; a picture."""
     per_class, rows = {}, []
     for c, name in enumerate(names):
@@ -218,7 +245,7 @@ def _reconstruction_report(args, files, labels, split, names, size, tokenizer, d
         xs = []
         for i in idx:
             try:
-                xs.append(load_for_tokenizer(files[i], size, args.resize, args.color)[0])
+                xs.append(load_prepared(files, i, size, args.resize, prep)[0])
             except Exception:  # noqa: BLE001 - unreadable files are already listed as skipped
                 continue
         if not xs:
@@ -236,13 +263,13 @@ def _reconstruction_report(args, files, labels, split, names, size, tokenizer, d
     return dict(per_class=per_class, overall=overall)
 
 
-def finalize(args, files, labels, split, names, size, tokenizer, tok_info, device, dtype, timings, t_start, settings):
+def finalize(args, files, labels, split, names, size, tokenizer, tok_info, device, dtype, timings, t_start, settings,
+             prep):
     """Rank 0, after every shard exists: stats, recommendation, manifest, reconstruction report."""
     data = load_latents(args.output_dir)
     infos = [read_shard_info(p) for _, p in sorted(list_shards(args.output_dir).items())]
     skipped = [dict(path=files[i], reason=r) for info in infos for i, r in info.get("skipped", [])]
     sizes = {i: s for info in infos for i, s in zip(info.get("indices", []), info.get("sizes", []))}
-    grays = [g for info in infos for g in info.get("gray", [])]
     counts = {name: {"train": 0, "heldout": 0} for name in names}
     for lab, sp in zip(data["labels"].tolist(), data["split"].tolist()):
         counts[names[lab]]["heldout" if sp else "train"] += 1
@@ -255,6 +282,7 @@ def finalize(args, files, labels, split, names, size, tokenizer, tok_info, devic
                          f"images or fix the unreadable ones listed in the skipped list")
     warnings = [f"class {n} has no held-out image (too few images for --val_fraction {args.val_fraction}): "
                 f"it cannot be evaluated" for n, c in counts.items() if args.val_fraction > 0 and c["heldout"] == 0]
+    warnings += prep["warnings"]
     for w in warnings:
         print(f"warning: {w}")
 
@@ -268,9 +296,9 @@ def finalize(args, files, labels, split, names, size, tokenizer, tok_info, devic
         imagenet = load_stats(args.imagenet_stats, channels=stats["mean"].shape[1], what="ImageNet stats file")
         atomic_torch_save(imagenet, os.path.join(args.output_dir, "latents_stats_imagenet.pt"))
     report = recommend(stats, imagenet)
-    color_mode = "gray" if args.color == "gray" or (args.color == "auto" and grays and all(grays)) else "rgb"
+    color_mode = prep["color_mode"]
     recon = _reconstruction_report(args, files, labels, split, names, size, tokenizer, device, dtype,
-                                   color_mode == "gray") if args.recon_images > 0 else {}
+                                   color_mode == "gray", prep) if args.recon_images > 0 else {}
     write_text_atomic(os.path.join(args.output_dir, "stats_recommendation.txt"), format_recommendation(report))
     write_json_atomic(os.path.join(args.output_dir, "stats_report.json"),
                       dict(report, imagenet_stats=args.imagenet_stats if imagenet is not None else None,
@@ -284,8 +312,11 @@ def finalize(args, files, labels, split, names, size, tokenizer, tok_info, devic
         classes=[dict(name=n, label=c, **counts[n],
                       common_original_size=list(size_counts[n].most_common(1)[0][0]) if size_counts[n] else None)
                  for c, n in enumerate(names)],
-        num_images=len(order), files=[os.path.relpath(files[i], args.data_dir) for i in order],
+        num_images=len(order), files=[prep["names"][i] for i in order],
         original_sizes=[sizes.get(i) for i in order], color_mode=color_mode, resize=args.resize, flip=args.flip,
+        colormap=prep["colormap_record"], color_detection=prep["color_detection"], value_range=prep["value_range"],
+        trim=dict(mode=args.trim, trimmed=sum(prep["trimmed"][i] for i in order), images=len(order)),
+        trim_boxes=[list(prep["boxes"][i]) for i in order], hygiene=prep["hygiene"],
         image_size=list(size), latent_shape=list(data["latents"].shape[1:]),
         posterior="sample" if args.sample_posterior else "mean",
         split=dict(val_fraction=args.val_fraction, seed=args.seed), tokenizer=tok_info,
@@ -297,6 +328,40 @@ def finalize(args, files, labels, split, names, size, tokenizer, tok_info, devic
     return manifest, report, recon
 
 
+def prepare_data(args, files, labels, split, names, skipped):
+    """Scan every file once and decide the data set's preprocessing before anything is encoded.
+    Returns prep: color ('auto'|'gray'|'rgb'), colormap (name or None), value_range ({lo, hi, kind} or None),
+    boxes and trimmed (per file), color_mode, colormap_record, color_detection, hygiene, warnings, names
+    (display path per file), key (a fingerprint of the decisions, folded into each shard's content)."""
+    try:
+        trim = parse_trim(args.trim)
+    except ValueError as e:
+        raise UsageError(str(e)) from None
+    scans = scan_files(files, trim, args.num_workers, args.batch_size)
+    bad_box = next((i for i, s in enumerate(scans) if s.get("trim_error")), None)
+    if bad_box is not None:
+        raise UsageError(f"{files[bad_box]}: {scans[bad_box]['error']}")
+    shown = display_names(files, args.data_dir)
+    train = [not s for s in split]
+    value_range, warnings = decide_value_range(scans, train)
+    color = decide_color(scans, args.color, shown)
+    hygiene = hygiene_report(files, [names[c] for c in labels], scans, skipped, shown)
+    if color["mixed"] is not None:
+        hygiene["mixed_color"] = color["mixed"]
+    hygiene["off_map"] = color["off_map"]
+    boxes = [s.get("box") for s in scans]
+    trimmed = [s.get("error") is None and tuple(s["box"]) != (0, 0, *s["full"]) for s in scans]
+    colormap = color["colormap"]["name"] if color["colormap"] else None
+    if value_range is not None:
+        value_range["warnings"] = warnings
+    key = json.dumps([colormap, value_range and [value_range["lo"], value_range["hi"]]])
+    detection = dict(reason=color["reason"],
+                     colour_images=sum(s.get("error") is None and not s["gray"] for s in scans))
+    return dict(color=args.color, colormap=colormap, value_range=value_range, boxes=boxes, trimmed=trimmed,
+                color_mode=color["color_mode"], colormap_record=color["colormap"], color_detection=detection,
+                hygiene=hygiene, warnings=warnings, names=shown, key=key)
+
+
 def run(args):
     """Stage 1 end to end. Returns (manifest, recommendation report, reconstruction report) on rank 0."""
     t_start = time.time()
@@ -305,16 +370,20 @@ def run(args):
         size = parse_image_size(args.image_size)
         device = pick_device(args.device, local_rank)
         dtype = pick_precision(args.precision, device)
-        classes = find_classes(args.data_dir)
+        classes, skipped = walk_classes(args.data_dir)
         names = list(classes)
         files = [p for n in names for p in classes[n]]
         labels = [c for c, n in enumerate(names) for _ in classes[n]]
         split = split_indices(labels, args.val_fraction, args.seed)
         check_output_location(args.output_dir, args.data_dir)
         tokenizer = load_vavae(args.vavae_path, device=device, trust=args.trust_checkpoint)
+        check_token_count(size, tokenizer.downsample_factor, args.image_size)
         tok_info = _tokenizer_info(args.vavae_path, tokenizer)
         settings = _settings(args, files, size, tok_info)
-        digests = [file_digest(p) for p in files]
+        prep = prepare_data(args, files, labels, split, names, skipped)
+        # the set-wide decisions (value range, colour map) are part of every image's content: a shard encoded
+        # under other decisions is re-encoded like one whose files changed
+        digests = [file_digest(p) + prep["key"] for p in files]
         if rank == 0:
             kept, changed = _prepare_output_dir(args.output_dir, settings, args.overwrite, digests, args.shard_size)
             if kept or changed:
@@ -322,12 +391,12 @@ def run(args):
                       + (f"; {changed} shard(s) re-encoded because their image files changed" if changed else ""))
         barrier(world)
         t_encode = time.time()
-        encode_shards(args, files, digests, labels, split, size, tokenizer, device, dtype, rank, world)
+        encode_shards(args, files, digests, labels, split, size, tokenizer, device, dtype, rank, world, prep)
         barrier(world)
         timings = dict(setup_s=round(t_encode - t_start, 2), encode_s=round(time.time() - t_encode, 2))
         if rank != 0:
             return None
         return finalize(args, files, labels, split, names, size, tokenizer, tok_info, device, dtype, timings, t_start,
-                        settings)
+                        settings, prep)
     finally:
         cleanup_distributed(world)

@@ -1,6 +1,7 @@
 """
-Spectrogram images in and out: finding class folders, reading any common format and bit depth,
-grayscale detection, resizing without cropping by default, writing images and grids.
+Spectrogram images in and out: finding class folders, reading any common format and bit depth (numeric
+files by the data set's value range), plot-area crop, grayscale detection and colour-map inversion,
+resizing without cropping by default, writing images (re-coloured on the data set's map) and grids.
 
 Tensors are (3, H, W) float32 in [-1, 1] (the tokenizer's range); grayscale is replicated to 3 channels.
 """
@@ -14,7 +15,9 @@ import torch
 import torch.nn.functional as F
 from PIL import Image
 
+from pipeline.colormaps import apply_colormap, invert_colormap
 from pipeline.common import UsageError, atomic_path
+from pipeline.value_range import dataset_range, read_raw, scale_to_unit
 
 IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp", ".gif")
 # PIL refuses images above ~179 Mpx as decompression bombs; spectrograms are seldom above a few Mpx, and
@@ -26,42 +29,53 @@ Image.MAX_IMAGE_PIXELS = 400_000_000
 #                                 Discovery
 # --------------------------------------------------------------------------------
 
-def _is_hidden(name):
-    return name.startswith(".") or name.startswith("__")
+def walk_classes(data_dir):
+    """({class name: [image paths]} in sorted order, skipped [(path, reason)]). Subfolders are classes (nested
+    folders inside a class belong to it); images lying directly in data_dir form one class named after
+    data_dir. Paths are real paths, each real file once per class however many links reach it; a symlink
+    loop is refused naming the link; files that are not images are listed in `skipped` with a reason."""
+    from pipeline.hygiene import walk_images  # hygiene imports this module's IMAGE_EXTENSIONS
 
+    def walk(folder):
+        try:
+            return walk_images(folder)
+        except ValueError as e:
+            raise UsageError(f"--data_dir {data_dir}: {e}") from None
 
-def _images_below(folder):
-    found = []
-    for root, dirs, files in os.walk(folder, followlinks=True):
-        dirs[:] = sorted(d for d in dirs if not _is_hidden(d))
-        found += [os.path.join(root, f) for f in sorted(files)
-                  if not _is_hidden(f) and f.lower().endswith(IMAGE_EXTENSIONS)]
-    return found
-
-
-def find_classes(data_dir):
-    """{class name: [image paths]} in sorted order. Subfolders are classes (nested folders inside a class
-    belong to it); images lying directly in data_dir form one class named after data_dir."""
     if not os.path.isdir(data_dir):
         raise UsageError(f"--data_dir {data_dir}: no such folder")
-    entries = sorted(e for e in os.listdir(data_dir) if not _is_hidden(e))
+    entries = sorted(e for e in os.listdir(data_dir) if not e.startswith((".", "__")))
     subdirs = [e for e in entries if os.path.isdir(os.path.join(data_dir, e))]
     loose = [os.path.join(data_dir, e) for e in entries
              if os.path.isfile(os.path.join(data_dir, e)) and e.lower().endswith(IMAGE_EXTENSIONS)]
     if loose and subdirs:
         raise UsageError(f"--data_dir {data_dir}: holds both images and subfolders; put the loose images "
                          f"into a class folder of their own")
-    if loose:
-        return {os.path.basename(os.path.normpath(data_dir)): loose}
-    classes = {d: _images_below(os.path.join(data_dir, d)) for d in subdirs}
-    if not classes:
-        raise UsageError(f"--data_dir {data_dir}: no images and no class folders found "
-                         f"(expected {data_dir}/<class>/*.png or images directly inside)")
+    if loose or not subdirs:
+        images, skipped = walk(data_dir)
+        if not images:
+            raise UsageError(f"--data_dir {data_dir}: no images and no class folders found "
+                             f"(expected {data_dir}/<class>/*.png or images directly inside)")
+        return {os.path.basename(os.path.normpath(data_dir)): images}, skipped
+    classes, skipped = {}, []
+    # files beside the class folders (a README, a labels table) are not data either: listed, not read
+    for e in entries:
+        path = os.path.join(data_dir, e)
+        if e not in subdirs:
+            skipped.append((path, "not in a class folder"))
+    for d in subdirs:
+        classes[d], more = walk(os.path.join(data_dir, d))
+        skipped += more
     empty = [c for c, files in classes.items() if not files]
     if empty:
         raise UsageError(f"--data_dir {data_dir}: class folder(s) without images: {', '.join(empty)} "
                          f"(supported: {' '.join(IMAGE_EXTENSIONS)}); remove them or add images")
-    return classes
+    return classes, skipped
+
+
+def find_classes(data_dir):
+    """{class name: [image paths]}: walk_classes without the skipped list."""
+    return walk_classes(data_dir)[0]
 
 
 def split_indices(labels, val_fraction, seed):
@@ -106,34 +120,56 @@ def unique_folder_names(names):
 #                                  Reading
 # --------------------------------------------------------------------------------
 
-def read_image(path):
-    """Decode any supported file to (float32 array (H, W, 3) in [0, 1], is_gray, (width, height)).
-    16-bit and float images keep their precision; palette/CMYK/alpha are converted to RGB (alpha dropped);
-    GIF/TIFF stacks use their first frame. Raises on unreadable or truncated files."""
+def read_raw_safe(path):
+    """value_range.read_raw with decompression bombs refused (PIL only warns below twice its pixel limit)."""
     with warnings.catch_warnings():
         warnings.simplefilter("error", Image.DecompressionBombWarning)
-        with Image.open(path) as img:
-            img.seek(0)
-            img.load()
-            size = img.size
-            mode = img.mode
-            if mode in ("I", "F") or mode.startswith("I;16"):
-                arr = np.asarray(img, dtype=np.float32)
-                if arr.ndim == 3:
-                    arr = arr[..., 0]
-                if mode == "F":
-                    top = arr.max() if arr.max() > 1 else 1.0
-                    arr = np.clip(arr, 0, None) / top
-                else:
-                    arr = arr / (65535.0 if mode.startswith("I;16") or arr.max() > 255 else 255.0)
-                gray = np.clip(arr, 0, 1)
-                return np.repeat(gray[..., None], 3, axis=2), True, size
-            if mode in ("L", "LA", "1"):
-                gray = np.asarray(img.convert("L"), dtype=np.float32) / 255.0
-                return np.repeat(gray[..., None], 3, axis=2), True, size
-            rgb = np.asarray(img.convert("RGB"), dtype=np.float32) / 255.0
-    is_gray = bool(np.array_equal(rgb[..., 0], rgb[..., 1]) and np.array_equal(rgb[..., 1], rgb[..., 2]))
-    return rgb, is_gray, size
+        return read_raw(path)
+
+
+def crop(arr, box):
+    """arr (H, W[, C]) -> arr[y0:y1, x0:x1] for box (x0, y0, x1, y1); None keeps everything."""
+    if box is None:
+        return arr
+    x0, y0, x1, y1 = box
+    return arr[y0:y1, x0:x1]
+
+
+def _lo_hi(value_range):
+    """(lo, hi) from dataset.json's {lo, hi, kind} or a pair."""
+    if isinstance(value_range, dict):
+        return float(value_range["lo"]), float(value_range["hi"])
+    return float(value_range[0]), float(value_range[1])
+
+
+def read_image(path, value_range=None, box=None):
+    """Decode any supported file to (float32 array (H, W, 3) in [0, 1], is_gray, (width, height) of the area read).
+    box (x0, y0, x1, y1) cuts the plot area out first. 8-bit files are divided by 255. 16/32-bit and float
+    files are scaled by `value_range` ({lo, hi} or (lo, hi): the data set's range, see value_range.py), so
+    dB stays dB and every image keeps its level relative to the others; without a range a numeric file is
+    scaled by its own robust range (a file alone is its own data set). Palette/CMYK/alpha are converted to
+    RGB (alpha dropped); GIF/TIFF stacks use their first frame. Raises on unreadable or truncated files."""
+    raw, kind = read_raw_safe(path)
+    raw = crop(raw, box)
+    if kind == "uint8":
+        arr = raw.astype(np.float32) / 255.0
+    else:
+        lo, hi = _lo_hi(value_range) if value_range is not None else dataset_range([raw])
+        arr = scale_to_unit(raw, lo, hi)
+    size = (arr.shape[1], arr.shape[0])
+    if arr.ndim == 2:
+        return np.repeat(arr[..., None], 3, axis=2), True, size
+    is_gray = bool(np.array_equal(arr[..., 0], arr[..., 1]) and np.array_equal(arr[..., 1], arr[..., 2]))
+    return arr, is_gray, size
+
+
+def to_intensity(rgb, is_gray, colormap):
+    """Positions on a colour map: rgb (H, W, 3) in [0, 1] -> (H, W) float32 in [0, 1]. Colour files are
+    inverted through the map; gray files of a mixed set are taken as the intensity they already show,
+    except on a gray map (gray_r turns a white noise floor dark, like the colour files of that set)."""
+    if is_gray and not colormap.startswith("gray"):
+        return rgb[..., 0]
+    return invert_colormap(rgb, colormap)
 
 
 def resize_image(x, size, mode="stretch"):
@@ -168,10 +204,15 @@ def resize_image(x, size, mode="stretch"):
     return out.clamp(0, 1)
 
 
-def load_for_tokenizer(path, size, resize="stretch", color="auto"):
-    """File -> ((3, H, W) float32 in [-1, 1], is_gray, original (width, height)). color='gray' converts to
-    luminance first; 'rgb' and 'auto' keep the colours (grayscale is replicated either way)."""
-    arr, is_gray, orig = read_image(path)
+def load_for_tokenizer(path, size, resize="stretch", color="auto", colormap=None, value_range=None, box=None):
+    """File -> ((3, H, W) float32 in [-1, 1], is_gray, (width, height) of the area used). The order is the
+    data set's preprocessing (stage 1 records each part in dataset.json): cut `box`, scale numeric values
+    by `value_range`, then the colour: color='gray' converts colour to luminance; 'auto' with a colour map
+    name inverts the colours to one intensity channel; otherwise colours are kept. Grayscale is
+    replicated to 3 channels either way. Resizing comes last (see resize_image)."""
+    arr, is_gray, orig = read_image(path, value_range, box)
+    if color == "auto" and colormap:
+        arr, is_gray = np.repeat(to_intensity(arr, is_gray, colormap)[..., None], 3, axis=2), True
     x = torch.from_numpy(np.ascontiguousarray(arr.transpose(2, 0, 1)))
     if color == "gray" and not is_gray:
         lum = 0.299 * x[0] + 0.587 * x[1] + 0.114 * x[2]
@@ -191,11 +232,21 @@ def to_uint8(x, gray):
     return x.permute(1, 2, 0).numpy()
 
 
-def save_image(x, path, gray, size=None):
-    """Write (3, H, W) in [-1, 1] as PNG (one channel when gray); optionally resized to size=(width, height)."""
-    img = Image.fromarray(to_uint8(x, gray))
-    if size is not None and tuple(size) != img.size:
-        img = img.resize(tuple(size), Image.BICUBIC)
+def save_image(x, path, gray, size=None, colormap=None):
+    """Write (3, H, W) in [-1, 1] as PNG (one channel when gray); optionally resized to size=(width, height).
+    With a colour map name the channel mean is an intensity drawn in that map (RGB): every pixel lies on
+    the map, like the data set's own images. It is resized before the map is applied, so that
+    interpolation never mixes colours off the map."""
+    if colormap:
+        intensity = ((x.float().clamp(-1, 1).mean(0) + 1) / 2).numpy().astype(np.float32)
+        if size is not None and tuple(size) != (intensity.shape[1], intensity.shape[0]):
+            intensity = np.asarray(Image.fromarray(intensity).resize(tuple(size), Image.BICUBIC))
+        rgb = apply_colormap(np.clip(intensity, 0, 1), colormap)
+        img = Image.fromarray(np.round(rgb * 255).astype(np.uint8))
+    else:
+        img = Image.fromarray(to_uint8(x, gray))
+        if size is not None and tuple(size) != img.size:
+            img = img.resize(tuple(size), Image.BICUBIC)
     with atomic_path(path) as tmp:  # a killed run never leaves a half-written image that looks complete
         img.save(tmp, format="PNG")
 

@@ -197,6 +197,9 @@ def _generate(args, rank, world, local_rank):
     latent_shape = list(ckpt["latent_shape"])
     tokenizer = load_vavae(args.vavae_path, device=device, latent_channels=latent_shape[0], trust=args.trust_checkpoint)
     gray = ckpt["color_mode"] == "gray"
+    data = ckpt.get("data") or {}
+    # a colour-mapped data set was trained as intensities: draw them in its map again (stage 1 recorded it)
+    colormap = (data.get("colormap") or {}).get("name") if gray else None
     original_sizes = ckpt["original_sizes"] or {} if args.original_size else None
     stats = ckpt["stats"]
     weights = "ema" if not args.no_ema else "model"
@@ -204,7 +207,8 @@ def _generate(args, rank, world, local_rank):
     settings = dict(step=int(ckpt["step"]), weights=weights, weights_sha1=tensor_fingerprint(ckpt[weights]),
                     seed=args.seed, **sampling, stats_source=stats.get("source"),
                     tokenizer=os.path.basename(str(args.vavae_path)), original_size=bool(args.original_size),
-                    color_mode="gray" if gray else "rgb", precision=args.precision)
+                    color_mode="gray" if gray else "rgb", precision=args.precision,
+                    **({"colormap": colormap} if colormap else {}))
     planned = [image_file(folders[classes[c]], k) for c in class_ids for k in range(args.num_per_class)]
     if rank == 0:
         print(f"checkpoint: {ckpt_path} ({picked}, step {settings['step']})")
@@ -232,7 +236,7 @@ def _generate(args, rank, world, local_rank):
         for img, (c, k) in zip(images, batch):
             size = original_sizes.get(classes[c]) if original_sizes is not None else None
             save_image(img, os.path.join(args.output_dir, image_file(folders[classes[c]], k)), gray,
-                       size=tuple(size) if size else None)
+                       size=tuple(size) if size else None, colormap=colormap)
         bar.update(len(batch))
     bar.close()
     barrier(world)
@@ -244,7 +248,7 @@ def _generate(args, rank, world, local_rank):
             for c in class_ids]
     width, height = Image.open(rows[0][0]).size   # with --original_size, classes differ: show all at one size
     rows = [[load_for_tokenizer(p, (height, width))[0] for p in row] for row in rows]
-    make_grid(rows, gray).save(os.path.join(args.output_dir, "grid.png"))
+    make_grid(rows, gray and not colormap).save(os.path.join(args.output_dir, "grid.png"))
     if args.save_latents:
         _merge_latents(partial_dir, os.path.join(args.output_dir, "latents.safetensors"))
     # Every image of this dir (this run's and earlier runs' with the same settings), with its seed.
@@ -258,7 +262,8 @@ def _generate(args, rank, world, local_rank):
     manifest = dict(settings=settings, checkpoint=os.path.abspath(ckpt_path), checkpoint_picked=picked,
                     files=files, complete=True, latent_dir=ckpt["latent_dir"],
                     classes={n: dict(label=classes.index(n), folder=folders[n], count=len(v)) for n, v in images.items()},
-                    images=images, generated_this_run=len(jobs), time_s=round(time.time() - t_start, 2))
+                    images=images, generated_this_run=len(jobs), time_s=round(time.time() - t_start, 2),
+                    colormap=colormap, data=data)
     if args.archive:
         manifest["archive"] = os.path.basename(make_archive(args.output_dir, args.archive, files))
     write_json_atomic(os.path.join(args.output_dir, "samples.json"), manifest)

@@ -455,9 +455,11 @@ def train(cfg, settings):
                 return _train(cfg, settings, rank, world, local_rank)
         return _train(cfg, settings, rank, world, local_rank)
     except UsageError:
-        if rank == 0 and created:
+        if rank == 0 and created and os.path.isdir(settings.output_dir) and os.listdir(settings.output_dir) == [".lock"]:
+            # refused before anything was written: leave no run dir behind
             with contextlib.suppress(OSError):
-                os.rmdir(settings.output_dir)   # refused before anything was written: leave no empty run dir
+                os.unlink(os.path.join(settings.output_dir, ".lock"))
+                os.rmdir(settings.output_dir)
         raise
     finally:
         cleanup_distributed(world)

@@ -98,3 +98,69 @@ def test_frechet_distance_matches_closed_form():
     b = torch.tensor(rng.standard_normal((4000, 3)) * 2 + 1)
     # N(0, I) vs N(1, 4I): |mu|^2 = 3, trace term = 3 * (1 + 4 - 2*2) = 3
     assert abs(ev.frechet_distance(a, b) - 6.0) < 0.4
+
+
+def _recoloured(root, files, labels, names, paint):
+    """Copies of real images as class folders, each pixel painted by paint(gray uint8 (H, W)) -> uint8 image."""
+    from PIL import Image
+    out = []
+    for f, lab in zip(files, labels):
+        os.makedirs(root / names[lab], exist_ok=True)
+        path = root / names[lab] / (os.path.splitext(os.path.basename(f))[0] + ".png")
+        Image.fromarray(paint(np.asarray(Image.open(f).convert("L")))).save(path)
+        out.append(str(path))
+    return out
+
+
+def _jet(gray):
+    from pipeline.colormaps import apply_colormap
+    return (apply_colormap(gray / 255.0, "jet") * 255).round().astype(np.uint8)
+
+
+def test_color_gray_on_colour_data_evaluates_in_gray(tmp_path, real):
+    """--color gray on jet data: stage 3 writes luminance, and the real side is compared as luminance too."""
+    import json
+    from PIL import Image
+    import stage1_extract_features as stage1
+    from pipeline.latents import load_latents
+    base, names, files, labels, split = real
+    _recoloured(tmp_path / "jet", files, labels, names, _jet)
+    stage1.main(["--data_dir", str(tmp_path / "jet"), "--vavae_path", "demo", "--output_dir", str(tmp_path / "lat"),
+                 "--image_size", "64", "--num_workers", "0", "--val_fraction", "0.25", "--recon_images", "0",
+                 "--color", "gray"])
+    info = json.loads((tmp_path / "lat" / "dataset.json").read_text())
+    assert info["color_mode"] == "gray" and info["colormap"] is None
+    held = load_latents(tmp_path / "lat")["split"].numpy().astype(bool)
+    gen = tmp_path / "gen"
+    for rel, h in zip(info["files"], held):
+        if h:   # what stage 3 writes in gray mode: one channel
+            os.makedirs(gen / os.path.dirname(rel), exist_ok=True)
+            Image.open(tmp_path / "jet" / rel).convert("L").save(gen / rel)
+    r = ev.evaluate(str(tmp_path / "lat"), str(gen), str(tmp_path / "eval.json"))
+    assert r["preprocessing"]["color"] == "gray"
+    assert r["real_accuracy"] >= 0.8 and r["generated_accuracy"] == r["real_accuracy"]   # not chance (0.2)
+
+
+def test_colour_map_run_evaluates_outputs_on_its_map_and_refuses_a_mismatch(tmp_path, real):
+    base, names, files, labels, split = real
+    jet = _recoloured(tmp_path / "jet", files, labels, names, _jet)
+    # folder tree of jet images: detected, inverted; generated images drawn on jet are inverted alike
+    gen = _tree(tmp_path / "gen", [(names[lab], f) for f, lab, s in zip(jet, labels, split) if s])
+    r = ev.evaluate(str(tmp_path / "jet"), str(gen), str(tmp_path / "eval.json"))
+    assert r["preprocessing"]["colormap"] == "jet" and r["preprocessing"]["color_mode"] == "gray"
+    assert r["generated_accuracy"] == r["real_accuracy"] >= 0.8 and r["fd_classifier"] < 1e-3
+    # colour on no map (real) against gray generated images: no number, one line naming the way out
+    odd = _recoloured(tmp_path / "odd", files, labels, names,
+                      lambda g: np.stack([g, 255 - g, (g // 3 + 80).astype(np.uint8)], axis=-1))
+    gray_gen = _recoloured(tmp_path / "gray_gen", [f for f, s in zip(files, split) if s],
+                           [lab for lab, s in zip(labels, split) if s], names, lambda g: g)
+    with pytest.raises(ev.UsageError, match="are gray but the real images are colour.*--color gray"):
+        ev.evaluate(str(tmp_path / "odd"), str(tmp_path / "gray_gen"), str(tmp_path / "x.json"))
+    assert len(odd) > len(gray_gen) > 0
+    with pytest.raises(SystemExit) as stop:
+        ev.main(["--real", str(tmp_path / "odd"), "--generated", str(tmp_path / "gray_gen"), "--out",
+                 str(tmp_path / "x.json")])
+    assert stop.value.code == 2
+    # gray real images against colour generated ones that are on no map: refused the other way round
+    with pytest.raises(ev.UsageError, match="are colour but the real images are gray"):
+        ev.evaluate(str(base / "real"), str(tmp_path / "odd"), str(tmp_path / "y.json"))

@@ -1,6 +1,7 @@
 """The spectrograms people actually have (issue 13): colour maps, figure exports, numeric formats, hygiene.
 
-All data is synthetic and small; the whole file runs in a few seconds on 2 cores.
+All data is synthetic and small. The pure modules first, then stage 1 (tiny tokenizer), one jet set through
+stages 1 -> 2 -> 3, and the preprocessing the stages share.
 """
 
 import io
@@ -354,3 +355,201 @@ def test_aspect_warnings():
     assert len(warnings) == 2 and warnings[0].startswith("strip.png: 4000x120")
     assert "tall.png" in warnings[1]
     assert aspect_warnings([(800, 100)], limit=8) == [] and len(aspect_warnings([(801, 100)])) == 1
+
+
+# ----- Through the stages -----
+
+@pytest.fixture(scope="module")
+def tokenizer_path(tmp_path_factory):
+    from tests.helpers import make_tiny_vavae_checkpoint
+    return make_tiny_vavae_checkpoint(tmp_path_factory.mktemp("tok") / "vae.pt")[0]
+
+
+def colour_set(root, name, n=4, classes=("walk", "run"), seed=0):
+    """A class-folder tree of 8-bit PNGs drawn in colour map `name`; returns {relative path: intensity (H, W)}."""
+    rng = np.random.default_rng(seed)
+    truth = {}
+    for c in classes:
+        for i in range(n):
+            s = spectrogram(rng, 48, 64, floor=0.15 + 0.1 * (c == "run"))
+            rel = f"{c}/{i}.png"
+            write_png(str(root / rel), (cm.apply_colormap(s, name) * 255).round().astype(np.uint8))
+            truth[rel] = s
+    return truth
+
+
+def scan_and_decide(root, color="auto", trim="auto"):
+    """What stage 1 decides for a tree: (files, display names, scans, decide_color's result)."""
+    from pipeline.images import find_classes
+    from pipeline.preprocess import decide_color, display_names, scan_files
+    files = [f for fs in find_classes(str(root)).values() for f in fs]
+    names = display_names(files, str(root))
+    scans = scan_files(files, parse_trim(trim))
+    return files, names, scans, decide_color(scans, color, names)
+
+
+@pytest.mark.parametrize("name", cm.NAMES)
+def test_colour_mapped_set_detected_inverted_and_redrawn_on_its_map(tmp_path, name):
+    import torch
+    from pipeline.images import load_for_tokenizer, save_image
+    truth = colour_set(tmp_path, name, n=2, seed=cm.NAMES.index(name))
+    files, names, scans, decided = scan_and_decide(tmp_path)
+    assert decided["color_mode"] == "gray", decided["reason"]
+    if name.startswith("gray"):
+        # three equal channels are a grayscale file: kept as it is (gray_r stays white-floored), no map
+        assert decided["colormap"] is None and decided["reason"] == "every image is grayscale"
+        name_used, expect = None, (lambda s: 1 - s) if name == "gray_r" else (lambda s: s)
+    else:
+        assert decided["colormap"]["name"] == name, decided["reason"]
+        assert decided["colormap"]["residual"] < 1.0 and decided["off_map"] == []
+        name_used, expect = name, (lambda s: s)
+    for f, rel in zip(files, names):
+        x, gray, size = load_for_tokenizer(f, (48, 64), color="auto", colormap=name_used)
+        assert gray and size == (64, 48) and torch.equal(x[0], x[1])
+        got = (x[0].numpy() + 1) / 2
+        ok = ~flat_stretch(name, truth[rel])
+        assert np.abs(got - expect(truth[rel]))[ok].max() * 255 < 1.0, rel
+    # stage 3's writer: intensities back in the map, every pixel on it (8-bit rounding only)
+    out = tmp_path / "out.png"
+    save_image(x, str(out), gray=True, size=(80, 40), colormap=name)
+    img = np.asarray(Image.open(out))
+    assert img.shape == (40, 80, 3)
+    _, dist = cm.invert_colormap(img / 255.0, name, return_distance=True)
+    assert dist.max() < 1.0
+
+
+def stage1_run(data, out, *extra, tok="demo", size="64"):
+    import json
+    import stage1_extract_features as stage1
+    stage1.main(["--data_dir", str(data), "--vavae_path", str(tok), "--output_dir", str(out), "--image_size", size,
+                 "--num_workers", "0", "--batch_size", "8", "--imagenet_stats", "none.pt", "--recon_images", "0",
+                 *extra])
+    return json.loads((out / "dataset.json").read_text())
+
+
+def test_jet_set_through_stages_1_2_3_comes_out_on_jet(tmp_path, capsys):
+    import json
+    import stage2_train_dit as stage2
+    import stage3_inference as stage3
+    from tests.helpers import stage2_args
+    colour_set(tmp_path / "data", "jet", n=4)
+    info = stage1_run(tmp_path / "data", tmp_path / "lat", "--val_fraction", "0.25")
+    printed = capsys.readouterr().out
+    assert info["colormap"]["name"] == "jet" and info["color_mode"] == "gray"
+    assert "colour map jet" in printed and "inverted to one intensity channel" in printed
+    stage2.main(stage2_args(tmp_path / "lat", tmp_path / "run", "monitor.tune_sampling=false", steps=2))
+    stage3.main(["--checkpoint", str(tmp_path / "run"), "--vavae_path", "demo", "--output_dir", str(tmp_path / "gen"),
+                 "--num_per_class", "2", "--steps", "2", "--device", "cpu", "--precision", "fp32"])
+    samples = json.loads((tmp_path / "gen" / "samples.json").read_text())
+    assert samples["colormap"] == "jet" and samples["data"]["colormap"]["name"] == "jet"
+    for rel in samples["files"]:
+        img = np.asarray(Image.open(tmp_path / "gen" / rel))
+        assert img.ndim == 3 and img.shape[2] == 3, rel
+        _, dist = cm.invert_colormap(img / 255.0, "jet", return_distance=True)
+        assert dist.max() < 1.0, rel   # every pixel on jet
+
+
+def test_figure_exports_trimmed_per_image_in_stage1(tmp_path, tokenizer_path):
+    truths = {}
+    for i, layout in enumerate(["matplotlib_default", "matlab_look"]):
+        img, truth = render_figure(**FIGURES[layout])
+        write_png(str(tmp_path / "data" / "walk" / f"fig{i}.png"), img)
+        truths[f"walk/fig{i}.png"] = truth
+    plain = (cm.apply_colormap(spectrogram(np.random.default_rng(0), 60, 90), "jet") * 255).round().astype(np.uint8)
+    write_png(str(tmp_path / "data" / "walk" / "plain.png"), plain)
+    info = stage1_run(tmp_path / "data", tmp_path / "out", tok=tokenizer_path, size="32")
+    boxes = dict(zip(info["files"], info["trim_boxes"]))
+    for rel, truth in truths.items():
+        assert np.abs(np.array(boxes[rel]) - np.array(truth)).max() <= 2, (rel, boxes[rel], truth)
+    assert boxes["walk/plain.png"] == [0, 0, 90, 60]
+    assert info["trim"] == {"mode": "auto", "trimmed": 2, "images": 3}
+    # the recorded sizes are those of the plot areas
+    x0, y0, x1, y1 = boxes["walk/fig0.png"]
+    assert info["original_sizes"][info["files"].index("walk/fig0.png")] == [x1 - x0, y1 - y0]
+    none = stage1_run(tmp_path / "data", tmp_path / "none", "--trim", "none", tok=tokenizer_path, size="32")
+    assert none["trim"]["trimmed"] == 0 and all(b[:2] == [0, 0] for b in none["trim_boxes"])
+
+
+def test_db_float_tiffs_keep_their_levels_through_stage1(tmp_path, tokenizer_path):
+    from pipeline.images import load_for_tokenizer
+    rng = np.random.default_rng(8)
+    for c, offset in (("quiet", -30.0), ("loud", 0.0)):
+        for i in range(3):
+            db = (spectrogram(rng) * 30 - 60 + 30 + offset).astype(np.float32)   # quiet: -60..-30, loud: -30..0
+            db[0, 0] = -np.inf
+            os.makedirs(tmp_path / "data" / c, exist_ok=True)
+            Image.fromarray(db).save(tmp_path / "data" / c / f"{i}.tif")
+    info = stage1_run(tmp_path / "data", tmp_path / "out", "--val_fraction", "0", tok=tokenizer_path, size="32")
+    vr = info["value_range"]
+    assert vr["kind"] == "float" and -60 <= vr["lo"] < -50 and -10 < vr["hi"] <= 0
+    assert info["color_mode"] == "gray" and info["colormap"] is None
+    means = {}
+    for rel in info["files"]:
+        x, _, _ = load_for_tokenizer(str(tmp_path / "data" / rel), (32, 32), value_range=vr)
+        means.setdefault(rel.split("/")[0], []).append(float((x + 1).mean() / 2))
+    # one range for the set: the quiet class stays darker (per-image scaling would make both alike)
+    assert max(means["quiet"]) + 0.2 < min(means["loud"])
+    assert min(means["quiet"]) > 0.02   # not clipped at 0 into black
+
+
+def test_16bit_low_range_pngs_warned_and_scaled_by_the_set(tmp_path, tokenizer_path, capsys):
+    from pipeline.images import load_for_tokenizer
+    rng = np.random.default_rng(9)
+    for i in range(4):
+        s = (spectrogram(rng) * 1000).astype(np.uint16)   # a 10-bit sensor in a 16-bit PNG
+        write_png(str(tmp_path / "data" / "walk" / f"{i}.png"), s)
+    info = stage1_run(tmp_path / "data", tmp_path / "out", tok=tokenizer_path, size="32")
+    assert info["value_range"]["kind"] == "uint16" and info["value_range"]["hi"] <= 1000
+    assert any("16-bit data reaches at most" in w for w in info["warnings"])
+    assert "warning: 16-bit data reaches at most" in capsys.readouterr().out
+    x, _, _ = load_for_tokenizer(str(tmp_path / "data" / info["files"][0]), (32, 32),
+                                 value_range=info["value_range"])
+    assert float((x + 1).mean() / 2) > 0.15   # not near black (1000/65535 would be)
+
+
+def test_hygiene_report_duplicates_non_images_loops_and_mixed_colour(tmp_path, tokenizer_path, capsys):
+    from pipeline.common import UsageError
+    rng = np.random.default_rng(10)
+    data = tmp_path / "data"
+    grays = [(spectrogram(rng, 40, 60) * 255).round().astype(np.uint8) for _ in range(5)]
+    for i, g in enumerate(grays[:3]):
+        write_png(str(data / "walk" / f"{i}.png"), g)
+    write_png(str(data / "run" / "a.png"), grays[3])
+    write_png(str(data / "run" / "copy_of_walk_0.png"), grays[0])          # exact duplicate across classes
+    jet = (cm.apply_colormap(grays[4] / 255.0, "jet") * 255).round().astype(np.uint8)
+    write_png(str(data / "run" / "odd_one.png"), jet)                     # one colour-mapped file among gray ones
+    np.save(data / "walk" / "raw.npy", np.zeros(3))
+    os.symlink(data / "walk" / "0.png", data / "walk" / "link_to_0.png")   # the same file: counted once
+    write_png(str(data / "walk" / "strip.png"), np.full((8, 200), 90, np.uint8))
+    info = stage1_run(data, tmp_path / "out", tok=tokenizer_path, size="32")
+    printed = capsys.readouterr().out
+    h = info["hygiene"]
+    assert info["num_images"] == 7 and not any("link_to_0" in f for f in info["files"])
+    exact = [g for g in h["duplicates"] if g["kind"] == "exact"]
+    assert len(exact) == 1 and set(exact[0]["files"]) == {"walk/0.png", "run/copy_of_walk_0.png"}
+    assert exact[0]["across_classes"] and "exact duplicates across classes run, walk" in printed
+    assert [os.path.basename(s["path"]) for s in h["skipped"]] == ["raw.npy"] and "numpy" in h["skipped"][0]["reason"]
+    assert len(h["aspect"]) == 1 and h["aspect"][0].startswith("walk/strip.png")
+    assert h["mixed_color"] == {"gray": 6, "colour": 1, "colour_files": ["run/odd_one.png"]}
+    assert "mixed colour set: 6 gray and 1 colour image(s); the colour ones: run/odd_one.png" in printed
+    assert info["colormap"]["name"] == "jet" and info["color_mode"] == "gray"
+    # a loop inside a class, and one to the data folder itself, are refused naming the link
+    os.symlink(data / "walk", data / "walk" / "again")
+    with pytest.raises(UsageError, match=r"walk/again: symlink loop"):
+        stage1_run(data, tmp_path / "out2", tok=tokenizer_path, size="32")
+    os.unlink(data / "walk" / "again")
+    os.symlink(data, data / "run" / "up")
+    with pytest.raises(UsageError, match=r"run/up: symlink loop"):
+        stage1_run(data, tmp_path / "out3", tok=tokenizer_path, size="32")
+
+
+def test_photo_like_colour_set_stays_rgb_with_the_reason(tmp_path, tokenizer_path, capsys):
+    rng = np.random.default_rng(12)
+    for i in range(3):
+        small = rng.integers(0, 256, (6, 8, 3), dtype=np.uint8)
+        write_png(str(tmp_path / "data" / "a" / f"{i}.png"), np.asarray(Image.fromarray(small).resize((64, 48),
+                                                                                                    Image.BICUBIC)))
+    info = stage1_run(tmp_path / "data", tmp_path / "out", tok=tokenizer_path, size="32")
+    assert info["color_mode"] == "rgb" and info["colormap"] is None
+    assert "no colour map fits" in info["color_detection"]["reason"]
+    assert "colour: no colour map fits" in capsys.readouterr().out

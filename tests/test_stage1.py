@@ -16,7 +16,7 @@ from pipeline.common import UsageError
 from pipeline.images import find_classes, load_for_tokenizer, split_indices
 from pipeline.latents import list_shards, load_latents
 from pipeline.stats import format_recommendation, recommend
-from tests.helpers import Payload, make_tiny_vavae_checkpoint
+from tests.helpers import Payload, free_port, make_tiny_vavae_checkpoint
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -229,7 +229,7 @@ def test_bad_inputs_are_one_line_errors_with_exit_code_2(tmp_path, tokenizer_pat
 def test_two_ranks_encode_disjoint_shards_and_match_one_process(tmp_path, tokenizer_path):
     make_all_kinds(tmp_path / "data")
     run_stage1(tmp_path / "data", tmp_path / "one", tokenizer_path, "--shard_size", "3")
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2", "--master_port=29521",
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2", f"--master_port={free_port()}",
            "stage1_extract_features.py", "--data_dir", str(tmp_path / "data"), "--vavae_path", str(tokenizer_path),
            "--output_dir", str(tmp_path / "two"), "--image_size", "32", "--num_workers", "0", "--batch_size", "4",
            "--imagenet_stats", "none.pt", "--shard_size", "3"]
@@ -241,3 +241,14 @@ def test_two_ranks_encode_disjoint_shards_and_match_one_process(tmp_path, tokeni
     torch.testing.assert_close(a["latents"], b["latents"])
     assert json.loads((tmp_path / "two" / "dataset.json").read_text())["files"] == \
         json.loads((tmp_path / "one" / "dataset.json").read_text())["files"]
+
+
+def test_sizes_stage2_cannot_train_are_refused_before_encoding(tmp_path, tokenizer_path):
+    d = tmp_path / "data" / "a"
+    d.mkdir(parents=True)
+    Image.fromarray(_gradient(20, 20).astype(np.uint8)).save(d / "a.png")
+    with pytest.raises(UsageError, match=r"--image_size 64x128: stage 2 trains only square latents"):
+        run_stage1(tmp_path / "data", tmp_path / "out", tokenizer_path, "--image_size", "64x128")
+    with pytest.raises(UsageError, match=r"--image_size 16: gives 1x1 latents .* too few tokens"):
+        run_stage1(tmp_path / "data", tmp_path / "out", tokenizer_path, "--image_size", "16")
+    assert not (tmp_path / "out").exists()   # refused before anything was written
