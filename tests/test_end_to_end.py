@@ -18,7 +18,10 @@ def test_simulate_encode_train_generate_evaluate(tmp_path, monkeypatch, capsys):
     stage1.main(["--data_dir", str(tmp_path / "data"), "--vavae_path", "demo", "--image_size", "64",
                  "--output_dir", str(tmp_path / "lat"), "--val_fraction", "0.2", "--num_workers", "0"])
     stage2.main(["--latent_dir", str(tmp_path / "lat"), "--output_dir", str(tmp_path / "run"), "--config",
-                 "configs/demo_cpu.yaml", "--max_steps", "30", "--vavae_path", "demo", "--sample_every", "30"])
+                 "configs/demo_cpu.yaml", "--max_steps", "30", "--vavae_path", "demo", "--sample_every", "30",
+                 # the demo's held-out monitor, at toy scale: 2 checks of 8 samples per class, then the sampling choice
+                 "monitor.every=15", "monitor.samples_per_class=8"])
+    assert (tmp_path / "run" / "checkpoints" / "best.pt").is_file()
     assert (tmp_path / "run" / "samples" / "step_0000030.png").is_file()   # decoded grid
     stage3.main(["--checkpoint", str(tmp_path / "run"), "--vavae_path", "demo", "--output_dir", str(tmp_path / "gen"),
                  "--num_per_class", "4", "--eval", "--preset", "fast"])
