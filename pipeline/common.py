@@ -109,6 +109,16 @@ def atomic_path(path):
             os.unlink(tmp)
 
 
+def file_sha256(path, chunk=1 << 20):
+    """SHA-256 hex digest of a file's bytes (the one file hash: downloads, stage 1 fingerprints, duplicates)."""
+    import hashlib
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(chunk), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
 def read_json(path):
     with open(path) as f:
         return json.load(f)

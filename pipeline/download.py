@@ -5,14 +5,13 @@ announces (Hugging Face sends the LFS object's SHA-256 as `X-Linked-Etag` and it
 `X-Linked-Size`). A file already present with the right size is kept.
 """
 
-import hashlib
 import os
 import urllib.error
 import urllib.request
 
 from tqdm import tqdm
 
-from pipeline.common import UsageError
+from pipeline.common import UsageError, file_sha256
 
 HF = "https://huggingface.co"
 FILES = {
@@ -34,14 +33,6 @@ def remote_info(url):
     return (int(size) if size else None), sha
 
 
-def sha256_of(path, chunk=1 << 20):
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(chunk), b""):
-            h.update(block)
-    return h.hexdigest()
-
-
 def download(url, dest, expected_sha256=None):
     """Download `url` to `dest` (resuming `dest.part`), verify size and hash, then rename into place."""
     try:
@@ -51,7 +42,7 @@ def download(url, dest, expected_sha256=None):
                          f"weights as a data set and pass their path") from None
     sha = expected_sha256 or sha
     if os.path.isfile(dest) and (size is None or os.path.getsize(dest) == size):
-        if sha is None or sha256_of(dest) == sha:
+        if sha is None or file_sha256(dest) == sha:
             print(f"{dest}: present and verified")
             return dest
     part = dest + ".part"
@@ -76,7 +67,7 @@ def download(url, dest, expected_sha256=None):
     got = os.path.getsize(part)
     if size is not None and got != size:
         raise UsageError(f"{part}: {got} bytes, expected {size}; run the same command again to resume")
-    if sha is not None and sha256_of(part) != sha:
+    if sha is not None and file_sha256(part) != sha:
         os.unlink(part)
         raise UsageError(f"{url}: SHA-256 mismatch (expected {sha}); the partial file was removed, run again")
     os.replace(part, dest)

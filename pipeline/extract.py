@@ -22,7 +22,7 @@ from torch.utils.data import DataLoader, Dataset
 from tqdm import tqdm
 
 from models.vavae import load_vavae
-from pipeline.common import (UsageError, atomic_torch_save, autocast, barrier, cleanup_distributed, init_distributed,
+from pipeline.common import (UsageError, atomic_torch_save, file_sha256, autocast, barrier, cleanup_distributed, init_distributed,
                              pick_device, pick_precision, read_json, write_json_atomic, write_text_atomic)
 from pipeline.config import config_differences
 from pipeline.figure_trim import parse_trim
@@ -100,15 +100,11 @@ def _settings(args, files, size, tokenizer_info):
 
 
 def file_digest(path):
-    """sha1 of a file's bytes ('' when it cannot be read: that file is skipped at encode time anyway)."""
-    h = hashlib.sha1()
+    """SHA-256 of a file's bytes ('' when it cannot be read: that file is skipped at encode time anyway)."""
     try:
-        with open(path, "rb") as f:
-            for block in iter(lambda: f.read(1 << 20), b""):
-                h.update(block)
+        return file_sha256(path)
     except OSError:
         return ""
-    return h.hexdigest()
 
 
 def shard_content(digests, k, shard_size):

@@ -4,12 +4,12 @@ real file once, non-images listed with a reason), exact and near duplicates with
 and images whose aspect ratio would be wrecked by resizing.
 """
 
-import hashlib
 import os
 
 import numpy as np
 from PIL import Image
 
+from pipeline.common import file_sha256
 from pipeline.images import IMAGE_EXTENSIONS
 
 THUMB = 16            # thumbnail side for near-duplicate search
@@ -78,15 +78,6 @@ def walk_images(class_dir):
 
 # ----- Duplicates -----
 
-def file_hash(path, chunk=1 << 20):
-    """SHA-256 hex digest of the file's bytes."""
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(chunk), b""):
-            h.update(block)
-    return h.hexdigest()
-
-
 def thumbnail(image, size=THUMB):
     """(size, size) float32 gray thumbnail in [0, 1] of a PIL image or an array (H, W[, 3]) (uint8 or
     float in [0, 1]): box-filtered, so noise and compression artefacts average out."""
@@ -148,7 +139,7 @@ def duplicate_groups(files, thumbs=None, classes=None, max_diff=NEAR_MAX_DIFF):
         classes = [os.path.basename(os.path.dirname(os.path.abspath(f))) for f in files]
     by_hash = {}
     for i, f in enumerate(files):
-        by_hash.setdefault(file_hash(f), []).append(i)
+        by_hash.setdefault(file_sha256(f), []).append(i)
     exact = [m for m in by_hash.values() if len(m) > 1]
     out = [{"kind": "exact", "files": [files[i] for i in m], "classes": sorted({classes[i] for i in m})}
            for m in exact]

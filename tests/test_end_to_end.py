@@ -30,6 +30,7 @@ def test_simulate_encode_train_generate_evaluate(tmp_path, monkeypatch, capsys):
                 "precision", "recall", "memorisation_fraction"):
         assert result[key] is None or 0.0 <= result[key] <= 1.0, key
     assert result["fd_classifier"] >= 0 and result["fd_latent"] >= 0
+    assert 0.0 <= result["reconstruction_accuracy"] <= 1.0   # the demo tokenizer's ceiling, computed with --eval
     assert result["num_generated"] == 4 * len(ACTIVITIES) and result["num_real"] == 2 * len(ACTIVITIES)
     assert set(result["per_class"]) == set(ACTIVITIES)
     samples = json.loads((tmp_path / "gen" / "samples.json").read_text())
