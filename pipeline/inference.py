@@ -131,6 +131,14 @@ def remove_owned(out_dir, owned):
             os.rmdir(os.path.join(out_dir, folder))
 
 
+def remove_temp_files(out_dir):
+    """Temp files a killed run left mid-write (atomic_path names; never read, never listed as ours)."""
+    for root, _, files in os.walk(out_dir):
+        for name in files:
+            if is_temp_file(name):
+                os.unlink(os.path.join(root, name))
+
+
 def claim_output_dir(out_dir, settings, planned, overwrite):
     """Make `out_dir` this run's, or refuse. Returns the image files to record: those of earlier runs with the
     same settings plus `planned`. A dir holding any file stage 3 did not write is refused, so the real data
@@ -143,6 +151,8 @@ def claim_output_dir(out_dir, settings, planned, overwrite):
         raise UsageError(f"--output_dir {out_dir}: holds {len(foreign)} file(s) that stage 3 did not write "
                          f"(e.g. {foreign[0]}); stage 3 writes only into a new or empty folder or its own earlier "
                          f"output, choose another --output_dir")
+    if record is not None:   # our own dir: a killed run's half-written images go
+        remove_temp_files(out_dir)
     if record is None:
         return sorted(planned)
     if record.get("settings") == settings:

@@ -73,6 +73,14 @@ def test_1_a_user_file_dropped_into_our_output_is_never_deleted(tmp_path, run):
     assert (tmp_path / "gen" / "notes.txt").read_text() == "mine"
 
 
+def test_1_a_killed_runs_half_written_image_is_removed_on_resume(tmp_path, run):
+    _gen(run, tmp_path / "gen")
+    (tmp_path / "gen" / "walk_fast" / ".tmp_abc123.partial").write_bytes(b"half a png")   # what SIGKILL leaves
+    _gen(run, tmp_path / "gen", "--num_per_class", "3")
+    assert sorted(p.name for p in (tmp_path / "gen" / "walk_fast").iterdir()) == \
+        ["walk_fast_00000.png", "walk_fast_00001.png", "walk_fast_00002.png"]
+
+
 # ---- 2. stage 1 re-encodes images whose content changed under the same name ----------------------
 
 def test_2_changed_pixels_same_name_are_re_encoded(tmp_path):
