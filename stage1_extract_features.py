@@ -7,9 +7,9 @@ with this data's latent statistics, a stats recommendation and a reconstruction 
 
 import argparse
 
-from pipeline.cli import fraction, nonnegative_int, positive_int
+from pipeline.cli import ShowDefaults, fraction, nonnegative_int, positive_int
 from pipeline.common import run_cli
-from pipeline.extract import run
+from pipeline.extract import ExtractSettings, run
 from pipeline.figure_trim import parse_trim
 from pipeline.preprocess import hygiene_lines
 
@@ -24,43 +24,45 @@ def trim_option(text):
 
 
 def parse_args(argv=None):
-    p = argparse.ArgumentParser(description=__doc__.strip().splitlines()[0])
+    p = argparse.ArgumentParser(description=__doc__.strip().splitlines()[0],
+                                formatter_class=ShowDefaults)
     p.add_argument("--data_dir", required=True, help="one subfolder per class (images directly inside: one class)")
-    p.add_argument("--vavae_path", default="pretrained/vavae-imagenet256-f16d32-dinov2.pt",
+    p.add_argument("--vavae_path",
                    help="VA-VAE tokenizer (.pt or .safetensors), or 'demo' for the offline demo tokenizer")
-    p.add_argument("--imagenet_stats", default="pretrained/latents_stats.pt", help="ImageNet latents_stats.pt to compare with")
-    p.add_argument("--output_dir", default="latent_features")
-    p.add_argument("--image_size", default="256", help="N, a multiple of 16 (stage 2 trains square latents)")
-    p.add_argument("--resize", choices=["stretch", "center_crop", "pad"], default="stretch",
+    p.add_argument("--imagenet_stats", help="ImageNet latents_stats.pt to compare with")
+    p.add_argument("--output_dir")
+    p.add_argument("--image_size", help="N, a multiple of 16 (stage 2 trains square latents)")
+    p.add_argument("--resize", choices=["stretch", "center_crop", "pad"],
                    help="stretch (default) keeps the whole spectrogram; cropping can cut Doppler extremes")
-    p.add_argument("--color", choices=["auto", "gray", "rgb"], default="auto",
+    p.add_argument("--color", choices=["auto", "gray", "rgb"],
                    help="auto: grayscale stays gray, a colour-mapped set (jet, viridis, parula, turbo, hot, ...) is "
                         "inverted to one intensity channel and stage 3 draws in the same map, other colour stays "
                         "RGB; gray: luminance; rgb: colours as they are")
-    p.add_argument("--trim", type=trim_option, default="auto",
+    p.add_argument("--trim", type=trim_option,
                    help="auto: cut the plot area out of figure exports (margins, axes, labels, colour bar), plain "
                         "spectrograms untouched; none; or x0,y0,x1,y1 in pixels for every image")
-    p.add_argument("--flip", choices=["none", "time", "doppler"], default="none",
+    p.add_argument("--flip", choices=["none", "time", "doppler"],
                    help="also store flipped latents (off by default: a flip changes the activity's meaning)")
-    p.add_argument("--val_fraction", type=fraction, default=0.1, help="held-out fraction per class (0: none)")
-    p.add_argument("--seed", type=nonnegative_int, default=0)
-    p.add_argument("--batch_size", type=positive_int, default=32)
-    p.add_argument("--num_workers", type=nonnegative_int, default=4)
-    p.add_argument("--shard_size", type=positive_int, default=10000, help="images per shard (the unit of resume)")
-    p.add_argument("--device", default="auto")
-    p.add_argument("--precision", choices=["auto", "fp32", "fp16", "bf16"], default="auto")
+    p.add_argument("--val_fraction", type=fraction, help="held-out fraction per class (0: none)")
+    p.add_argument("--seed", type=nonnegative_int)
+    p.add_argument("--batch_size", type=positive_int)
+    p.add_argument("--num_workers", type=nonnegative_int)
+    p.add_argument("--shard_size", type=positive_int, help="images per shard (the unit of resume)")
+    p.add_argument("--device")
+    p.add_argument("--precision", choices=["auto", "fp32", "fp16", "bf16"])
     p.add_argument("--sample_posterior", action="store_true", help="store posterior samples instead of the mean")
-    p.add_argument("--recon_images", type=nonnegative_int, default=8, help="per class, for the reconstruction report")
+    p.add_argument("--recon_images", type=nonnegative_int, help="per class, for the reconstruction report")
     p.add_argument("--overwrite", action="store_true", help="replace latents made with other settings")
     p.add_argument("--strict", action="store_true", help="stop at the first unreadable image instead of skipping it")
     p.add_argument("--trust_checkpoint", action="store_true",
                    help="allow a tokenizer file that needs arbitrary code to unpickle (only for sources you trust)")
+    p.set_defaults(**ExtractSettings.defaults())
     return p.parse_args(argv)
 
 
 def main(argv=None):
     args = parse_args(argv)
-    result = run(args)
+    result = run(ExtractSettings(**vars(args)))
     if result is None:  # not rank 0
         return
     manifest, report, recon = result

@@ -7,48 +7,51 @@ Stage 3: generate spectrograms per class from a trained run (checkpoint file or 
 import argparse
 import os
 
-from pipeline.cli import fraction, nonnegative_float, nonnegative_int, positive_int
+from pipeline.cli import ShowDefaults, fraction, nonnegative_float, nonnegative_int, positive_int
 from pipeline.common import run_cli
-from pipeline.inference import PRESETS, generate
+from pipeline.inference import PRESETS, GenerateSettings, generate
 
 
 def parse_args(argv=None):
-    p = argparse.ArgumentParser(description=__doc__.strip().splitlines()[0])
-    p.add_argument("--checkpoint", default=None, help="checkpoint file or run dir (default: newest run under runs/)")
-    p.add_argument("--pick", choices=["best", "latest"], default="best",
+    p = argparse.ArgumentParser(description=__doc__.strip().splitlines()[0],
+                                formatter_class=ShowDefaults)
+    p.add_argument("--checkpoint", help="checkpoint file or run dir (default: newest run under runs/)")
+    p.add_argument("--pick", choices=["best", "latest"],
                    help="with a run dir: best (held-out score, stage 2's choice) or latest checkpoint")
-    p.add_argument("--vavae_path", default="pretrained/vavae-imagenet256-f16d32-dinov2.pt",
+    p.add_argument("--vavae_path",
                    help="VA-VAE tokenizer, or 'demo' for the offline demo tokenizer")
-    p.add_argument("--output_dir", default="generated")
-    p.add_argument("--num_per_class", type=positive_int, default=100)
-    p.add_argument("--classes", nargs="+", default=None, help="class names or ids (default: all)")
-    p.add_argument("--preset", choices=sorted(PRESETS), default=None,
+    p.add_argument("--output_dir")
+    p.add_argument("--num_per_class", type=positive_int)
+    p.add_argument("--classes", nargs="+", help="class names or ids (default: all)")
+    p.add_argument("--preset", choices=sorted(PRESETS),
                    help="fast: Heun 16 steps (within 1%% of Euler-250, see bench/RESULTS.md); quality: Euler 250")
-    p.add_argument("--cfg_scale", type=nonnegative_float, default=None, help="default: the run's config")
-    p.add_argument("--cfg_interval_start", type=fraction, default=None, help="guide only where t >= this")
-    p.add_argument("--timestep_shift", type=nonnegative_float, default=None)
-    p.add_argument("--steps", type=positive_int, default=None, help="ODE steps")
-    p.add_argument("--method", choices=["euler", "heun"], default=None)
-    p.add_argument("--seed", type=nonnegative_int, default=0)
-    p.add_argument("--batch_size", type=positive_int, default=32)
-    p.add_argument("--decode_chunk", type=positive_int, default=16, help="latents decoded at once (memory)")
-    p.add_argument("--precision", choices=["auto", "fp32", "fp16", "bf16"], default="auto")
+    p.add_argument("--cfg_scale", type=nonnegative_float, help="default: the run's config")
+    p.add_argument("--cfg_interval_start", type=fraction, help="guide only where t >= this")
+    p.add_argument("--timestep_shift", type=nonnegative_float)
+    p.add_argument("--steps", type=positive_int, help="ODE steps")
+    p.add_argument("--method", choices=["euler", "heun"])
+    p.add_argument("--seed", type=nonnegative_int)
+    p.add_argument("--batch_size", type=positive_int)
+    p.add_argument("--decode_chunk", type=positive_int, help="latents decoded at once (memory)")
+    p.add_argument("--precision", choices=["auto", "fp32", "fp16", "bf16"])
     p.add_argument("--no_ema", action="store_true", help="use the raw weights instead of the EMA")
     p.add_argument("--original_size", action="store_true", help="resize to each class's most common original size")
     p.add_argument("--save_latents", action="store_true", help="also write latents.safetensors")
-    p.add_argument("--archive", choices=["zip", "tar"], default=None, help="also pack the images into one file")
+    p.add_argument("--archive", choices=["zip", "tar"], help="also pack the images into one file")
     p.add_argument("--overwrite", action="store_true",
                    help="replace images generated with other settings (only files stage 3 wrote are removed)")
     p.add_argument("--eval", action="store_true", help="evaluate against the run's real data (writes eval.json)")
-    p.add_argument("--device", default="auto")
+    p.add_argument("--device")
     p.add_argument("--trust_checkpoint", action="store_true",
                    help="allow checkpoint files that need arbitrary code to unpickle (only for sources you trust)")
+    p.set_defaults(**GenerateSettings.defaults())
     return p.parse_args(argv)
 
 
 def main(argv=None):
     args = parse_args(argv)
-    result = generate(args)
+    job = GenerateSettings(**dict(vars(args), classes=tuple(args.classes) if args.classes else None))
+    result = generate(job)
     if result is None:
         return
     manifest, tokenizer = result
@@ -60,7 +63,7 @@ def main(argv=None):
           + (f", {manifest['archive']}" if "archive" in manifest else ""))
     if args.eval:
         from pipeline.evaluate import evaluate_run
-        result = evaluate_run(manifest, args, tokenizer)
+        result = evaluate_run(manifest, args.output_dir, args.seed, tokenizer)
         print(f"eval: generated_accuracy {result['generated_accuracy']:.3f} (real held-out {result['real_accuracy']:.3f}), "
               f"precision {result['precision']:.3f}, recall {result['recall']:.3f}, memorised "
               f"{result['memorisation_fraction']:.3f} -> {os.path.join(args.output_dir, 'eval.json')}")

@@ -4,6 +4,7 @@ guidance) against a 1000-step Heun solution from the same noise, on a small Ligh
 toy latent distribution (two classes, each a mixture of two modes, so the flow is curved).
 
     python bench/sampler_accuracy.py [--train_steps 400] [--out bench/sampler_accuracy.png]
+    python bench/sampler_accuracy.py --plot_only     # redraw the PNG from the JSON beside it
 
 Error = RMS(x - x_ref) / RMS(x_ref). "Within 1 % of Euler-250" means error <= error(Euler-250) + 0.01.
 Prints a table, the cheapest such setting (by model evaluations) and writes a JSON beside the plot.
@@ -23,9 +24,10 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 import stage2_train_dit as stage2  # noqa: E402
 from models.transport import sample  # noqa: E402
 from pipeline.inference import load_run  # noqa: E402
-from pipeline.plot import line_plot  # noqa: E402
+from pipeline.plot import COLORS, line_plot  # noqa: E402
 from pipeline.checkpoint import latest_checkpoint  # noqa: E402
-from tests.helpers import make_latent_dir  # noqa: E402
+from pipeline.latents import (DATASET_FILE, read_dataset, shard_path, write_record, write_shard,  # noqa: E402
+                              write_synthetic_latent_dir)
 
 STEPS = (4, 6, 8, 12, 16, 24, 32, 50, 64, 100, 128, 250)
 
@@ -33,16 +35,29 @@ STEPS = (4, 6, 8, 12, 16, 24, 32, 50, 64, 100, 128, 250)
 def toy_latents(path):
     """Two classes, each a 50/50 mixture of two modes (+-1.5 on alternating channels) with small noise."""
     a = torch.tensor([1.5, -1.5, 1.5, -1.5]).view(4, 1, 1)
-    make_latent_dir(path, [a, -a, a.flip(0), -a.flip(0)], n_per_class=64, noise=0.3)
+    write_synthetic_latent_dir(path, [a, -a, a.flip(0), -a.flip(0)], n_per_class=64, noise=0.3)
     # classes 0/2 and 1/3 are the two modes of class A and class B: relabel to two classes
     from safetensors.torch import load_file
-    from pipeline.latents import shard_path, write_shard
     data = load_file(shard_path(path, 0, 0))
     data["labels"] = data["labels"] % 2
     write_shard(shard_path(path, 0, 0), data, {"indices": list(range(len(data["labels"])))})
-    manifest = json.loads((path / "dataset.json").read_text())
+    manifest = read_dataset(path)
     manifest["classes"] = manifest["classes"][:2]
-    (path / "dataset.json").write_text(json.dumps(manifest))
+    write_record(path, DATASET_FILE, manifest)
+
+
+def plot_results(results, out):
+    """The error of each sampler setting against its step count: one colour per variant, solid Euler and dashed
+    Heun, log-log."""
+    series, styles, variants = {}, {}, list(dict.fromkeys(r["variant"] for r in results.values()))
+    for i, vname in enumerate(variants):
+        for method in ("euler", "heun"):
+            rows = sorted((r for r in results.values() if r["variant"] == vname and r["method"] == method),
+                          key=lambda r: r["steps"])
+            series[f"{method}, {vname}"] = ([r["steps"] for r in rows], [r["error"] for r in rows])
+            styles[f"{method}, {vname}"] = dict(color=COLORS[i], linestyle="-" if method == "euler" else "--")
+    line_plot(series, out, title="sampler error vs a 1000-step Heun solution from the same noise",
+              xlabel="sampling steps", ylabel="relative RMS error", log_y=True, log_x=True, styles=styles)
 
 
 def main():
@@ -50,7 +65,12 @@ def main():
     p.add_argument("--train_steps", type=int, default=400)
     p.add_argument("--num_samples", type=int, default=64)
     p.add_argument("--out", default=os.path.join(os.path.dirname(os.path.abspath(__file__)), "sampler_accuracy.png"))
+    p.add_argument("--plot_only", action="store_true", help="redraw --out from the JSON beside it, no measuring")
     args = p.parse_args()
+    if args.plot_only:
+        with open(os.path.splitext(args.out)[0] + ".json") as f:
+            plot_results(json.load(f)["results"], args.out)
+        return
     from pathlib import Path
     with tempfile.TemporaryDirectory() as tmp:
         tmp = Path(tmp)
@@ -65,12 +85,11 @@ def main():
     y = torch.arange(args.num_samples) % 2
     variants = {"plain": dict(), "shift 3": dict(timestep_shift=3.0), "cfg 2": dict(cfg_scale=2.0),
                 "cfg 2, interval 0.3": dict(cfg_scale=2.0, cfg_interval_start=0.3)}
-    results, series = {}, {}
+    results = {}
     for vname, kw in variants.items():
         ref = sample(model, z, y, 1000, method="heun", **kw)
         scale = ref.pow(2).mean().sqrt()
         for method in ("euler", "heun"):
-            errs = []
             for n in STEPS:
                 t0 = time.time()
                 x = sample(model, z, y, n, method=method, **kw)
@@ -78,10 +97,7 @@ def main():
                 nfe = n * (2 if method == "heun" else 1) * (2 if kw.get("cfg_scale", 1.0) != 1.0 else 1)
                 results[f"{vname} | {method} {n}"] = dict(variant=vname, method=method, steps=n, nfe=nfe, error=err,
                                                           seconds=round(time.time() - t0, 3))
-                errs.append(err)
-            series[f"{method}, {vname}"] = (list(STEPS), errs)
-    line_plot(series, args.out, title="sampler error vs 1000-step Heun", xlabel="steps", ylabel="relative RMS error",
-              log_y=True)
+    plot_results(results, args.out)
     print(f"{'setting':<34} {'nfe':>5} {'error':>9}")
     for k, r in results.items():
         print(f"{k:<34} {r['nfe']:>5} {r['error']:>9.5f}")

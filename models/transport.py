@@ -53,12 +53,6 @@ def time_grid(num_steps, timestep_shift=0.0, device="cpu"):
     return t
 
 
-def _unwrap(model):
-    while hasattr(model, "module") or hasattr(model, "_orig_mod"):
-        model = getattr(model, "module", None) or getattr(model, "_orig_mod")
-    return model
-
-
 def guided_velocity(model, x, t, y, null_label, cfg_scale=1.0, cfg_interval_start=0.0):
     """Velocity at (x, t) with classifier-free guidance on ALL channels:
     v = v_u + cfg_scale * (v_c - v_u) where t >= cfg_interval_start, else v = v_c.
@@ -81,14 +75,16 @@ def sample(model, z, y, num_steps, method="euler", cfg_scale=1.0, cfg_interval_s
     """Integrate dx/dt = v(x, t, y) from t=0 (x = z, noise) to t=1 (data) on `time_grid`.
 
     z: (B, C, H, W) noise; y: (B,) labels; num_steps: number of steps (Euler: one model evaluation per step
-    and sample without guidance; Heun: two). The null label defaults to the model's `num_classes`.
+    and sample without guidance; Heun: two). The null label defaults to `model.num_classes`: pass the
+    LightningDiT itself or a torch.compile'd one (which forwards attributes), not a DDP wrapper (sampling
+    needs no gradient sync; callers sample with the EMA copy or the unwrapped model).
     Returns x at t=1, float32."""
     if method not in ("euler", "heun"):
         raise ValueError(f"unknown sampling method {method!r}: use euler or heun")
     if num_steps < 1:
         raise ValueError("num_steps must be >= 1")
     if null_label is None:
-        null_label = _unwrap(model).num_classes
+        null_label = model.num_classes
     ts = time_grid(num_steps, timestep_shift).tolist()
     x = z.float()
 

@@ -43,3 +43,14 @@ def duration(text):
     if not m or float(m.group(1)) <= 0:
         raise argparse.ArgumentTypeError(f"expected a duration such as 11.5h, 90m or 3600s, got {text!r}")
     return float(m.group(1)) * {"h": 3600, "m": 60, "s": 1, "": 1}[m.group(2)]
+
+
+class ShowDefaults(argparse.HelpFormatter):
+    """--help shows each flag's default (from the stage's settings dataclass), except None and False,
+    which mean "not given" and say nothing useful."""
+
+    def _get_help_string(self, action):
+        text = action.help or ""
+        if action.default not in (None, False, argparse.SUPPRESS) and "%(default)" not in text:
+            text += " (default: %(default)s)"
+        return text

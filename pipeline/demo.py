@@ -12,12 +12,14 @@ import shutil
 import torch
 
 from pipeline.common import read_json
-from pipeline.images import IMAGE_EXTENSIONS, find_classes, load_for_tokenizer, make_grid, safe_name
+from pipeline.images import IMAGE_EXTENSIONS, find_classes, load_for_tokenizer, safe_name
+from pipeline.plot import labelled_grid
 
 
 def real_vs_generated_grid(real_dir, generated_dir, path, per_row=8):
-    """For each class: a row of real images, then a row of generated ones."""
-    rows = []
+    """For each class: a row of real images, then a row of generated ones; each row labelled with its class and
+    with 'real' or 'generated'."""
+    rows, names = [], []
     record = os.path.join(generated_dir, "samples.json")
     folders = {n: c["folder"] for n, c in read_json(record)["classes"].items()} if os.path.isfile(record) else {}
     for name, files in find_classes(real_dir).items():
@@ -27,7 +29,9 @@ def real_vs_generated_grid(real_dir, generated_dir, path, per_row=8):
         size = load_for_tokenizer(real[0], (128, 128))[0].shape[-2:]
         rows.append([load_for_tokenizer(p, tuple(size))[0] for p in real])
         rows.append([load_for_tokenizer(p, tuple(size))[0] for p in gen] or [torch.zeros(3, *size)])
-    make_grid(rows, gray=True).save(path)
+        names += [name, name]
+    labelled_grid(rows, path, names, gray=True, row_kinds=["real", "generated"] * (len(rows) // 2),
+                  title="real vs generated, two rows per class")
 
 
 def main(argv=None):

@@ -23,10 +23,11 @@ import numpy as np
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
-from PIL import Image
 
 from pipeline.common import UsageError, read_json, write_json_atomic
 from pipeline.figure_trim import parse_trim
+from pipeline.latents import DATASET_FILE, dataset_image_paths, load_latents, read_record
+from pipeline.plot import eval_plot
 from pipeline.images import IMAGE_EXTENSIONS, find_classes, load_for_tokenizer, make_grid, safe_name, split_indices
 from pipeline.preprocess import check_generated, decide_color, decide_value_range, scan_files
 
@@ -79,16 +80,13 @@ def load_real(real, seed=0, heldout_fraction=0.2, color="auto", trim="auto"):
     dir brings its own preprocessing (dataset.json: colour mode and map, value range, plot-area boxes);
     `color` other than auto overrides its colour handling. A class-folder tree is scanned here the way
     stage 1 would (see _tree_preprocessing)."""
-    manifest = os.path.join(real, "dataset.json")
-    if os.path.isfile(manifest):
-        from pipeline.latents import load_latents
-        info = read_json(manifest)
-        data_dir = info.get("data_dir") or info["settings"]["data_dir"]
+    info = read_record(real, DATASET_FILE, "--real") if os.path.isdir(real) else None
+    if info is not None:
+        data_dir, paths = dataset_image_paths(info)
         if not os.path.isdir(data_dir):
             raise UsageError(f"--real {real}: its images ({data_dir}) are not on this machine; pass the image folder")
         names = [c["name"] for c in info["classes"]]
         data = load_latents(real, check_finite=False)   # rows are in dataset.json's file order
-        paths = [os.path.join(data_dir, rel) for rel in info["files"]]
         labels, split = data["labels"].tolist(), data["split"].numpy()
         stage1_color = info.get("settings", {}).get("color", "auto")
         colormap = (info.get("colormap") or {}).get("name")
@@ -162,11 +160,11 @@ def load_generated(generated, names, prep=None):
 def check_heldout(latent_dir):
     """Stage 3 --eval needs the run's stage 1 output on this machine with held-out images: say so before
     anything is generated."""
-    manifest = os.path.join(latent_dir or "", "dataset.json")
-    if not latent_dir or not os.path.isfile(manifest):
+    info = read_record(latent_dir, DATASET_FILE) if latent_dir and os.path.isdir(latent_dir) else None
+    if info is None:
         raise UsageError(f"--eval: the run's latent dir ({latent_dir}) is not on this machine; drop --eval and run "
                          f"python -m pipeline.evaluate --real IMAGES --generated OUTPUT_DIR afterwards")
-    if sum(c.get("heldout", 0) for c in read_json(manifest)["classes"]) == 0:
+    if sum(c.get("heldout", 0) for c in info["classes"]) == 0:
         raise UsageError(f"--eval: stage 1 kept no held-out images in {latent_dir} (--val_fraction 0); rerun stage 1 "
                          f"with --val_fraction 0.1 and train again, or evaluate against other real images with "
                          f"python -m pipeline.evaluate --real IMAGES --generated OUTPUT_DIR")
@@ -401,7 +399,7 @@ def evaluate(real, generated, out, seed=0, vavae_path=None, tokenizer=None, colo
             result["per_class"][name]["fd_latent"] = frechet_distance(z_held[held], z_gen[gen])
     out_dir = os.path.dirname(os.path.abspath(out))
     write_json_atomic(out, _json_safe(result))
-    _summary_plot(result, os.path.join(out_dir, "eval.png"))
+    eval_plot(result, os.path.join(out_dir, "eval.png"))
     order = ratio.argsort()[:8]
     pairs = [[x_gen[i] * 2 - 1, x_train[nearest[i]] * 2 - 1] for i in order.tolist()]
     if pairs:
@@ -417,30 +415,12 @@ def _json_safe(obj):
     return obj
 
 
-def _summary_plot(result, path):
-    """A one-page bar chart of the headline metrics in [0, 1]."""
-    from PIL import ImageDraw
-    keys = ["real_accuracy", "generated_accuracy", "tstr_accuracy", "real_only_accuracy", "augmented_accuracy",
-            "precision", "recall", "memorisation_fraction"]
-    img = Image.new("RGB", (720, 40 + 30 * len(keys) + 40), "white")
-    d = ImageDraw.Draw(img)
-    d.text((10, 10), f"evaluation: {result['num_generated']} generated vs {result['num_real']} held-out real; "
-                     f"FD (classifier features) {result['fd_classifier']:.3g}", fill="black")
-    for i, key in enumerate(keys):
-        v = result[key]
-        y = 40 + 30 * i
-        d.text((10, y + 5), key, fill="black")
-        if v is not None and np.isfinite(v):
-            d.rectangle([200, y, 200 + int(450 * v), y + 20], fill=(31, 119, 180))
-            d.text((205 + int(450 * v), y + 5), f"{v:.3f}", fill="black")
-    img.save(path)
-
-
-def evaluate_run(manifest, args, tokenizer=None):
-    """stage3_inference.py --eval: compare with the run's stage 1 data (its latent dir)."""
-    check_heldout(manifest.get("latent_dir"))   # recorded by stage 2 in the checkpoint, passed on by stage 3
-    return evaluate(manifest["latent_dir"], args.output_dir, os.path.join(args.output_dir, "eval.json"),
-                    seed=args.seed, tokenizer=tokenizer)
+def evaluate_run(manifest, output_dir, seed=0, tokenizer=None):
+    """stage3_inference.py --eval: compare the images in `output_dir` with the run's stage 1 data (its
+    latent dir, recorded by stage 2 in the checkpoint and passed on by stage 3 in `manifest`)."""
+    check_heldout(manifest.get("latent_dir"))
+    return evaluate(manifest["latent_dir"], output_dir, os.path.join(output_dir, "eval.json"),
+                    seed=seed, tokenizer=tokenizer)
 
 
 def main(argv=None):

@@ -16,6 +16,8 @@ import json
 import os
 import time
 from collections import Counter
+from dataclasses import dataclass, fields
+from typing import Optional
 
 import torch
 from torch.utils.data import DataLoader, Dataset
@@ -23,15 +25,49 @@ from tqdm import tqdm
 
 from models.vavae import load_vavae
 from pipeline.common import (UsageError, atomic_torch_save, file_sha256, autocast, barrier, cleanup_distributed, init_distributed,
-                             pick_device, pick_precision, read_json, write_json_atomic, write_text_atomic)
+                             pick_device, pick_precision, write_json_atomic, write_text_atomic)
 from pipeline.config import config_differences
 from pipeline.figure_trim import parse_trim
-from pipeline.images import load_for_tokenizer, make_grid, split_indices, walk_classes
+from pipeline.images import load_for_tokenizer, split_indices, walk_classes
+from pipeline.plot import labelled_grid
 from pipeline.preprocess import decide_color, decide_value_range, display_names, hygiene_report, scan_files
-from pipeline.latents import list_shards, load_latents, read_shard_info, shard_path, write_shard
+from pipeline.latents import (DATASET_FILE, EXTRACTION_FILE, list_shards, load_latents, read_record, read_shard_info,
+                              shard_path, write_record, write_shard)
 from pipeline.stats import channel_stats, format_recommendation, load_stats, psnr, recommend, ssim
 
-SCHEMA_VERSION = 1
+
+
+@dataclass(frozen=True)
+class ExtractSettings:
+    """Everything stage 1 is asked to do (stage1_extract_features.py's flags, with these defaults)."""
+    data_dir: str                                  # one subfolder per class
+    vavae_path: str = "pretrained/vavae-imagenet256-f16d32-dinov2.pt"   # or "demo"
+    imagenet_stats: Optional[str] = "pretrained/latents_stats.pt"
+    output_dir: str = "latent_features"
+    image_size: str = "256"                        # "N" or "H,W", multiples of the tokenizer's 16
+    resize: str = "stretch"                        # stretch | center_crop | pad
+    color: str = "auto"                            # auto | gray | rgb
+    trim: str = "auto"                             # auto | none | "x0,y0,x1,y1"
+    flip: str = "none"                             # none | time | doppler
+    val_fraction: float = 0.1
+    seed: int = 0
+    batch_size: int = 32
+    num_workers: int = 4
+    shard_size: int = 10000                        # images per shard, the unit of resume
+    device: str = "auto"
+    precision: str = "auto"
+    sample_posterior: bool = False
+    recon_images: int = 8                          # per class, for the reconstruction report
+    overwrite: bool = False
+    strict: bool = False
+    trust_checkpoint: bool = False
+
+    @classmethod
+    def defaults(cls):
+        """{flag name: default} for the command line, so the defaults are written once, here."""
+        return {f.name: f.default for f in fields(cls) if f.name != "data_dir"}
+
+
 OUTPUT_FILES = ("latents_stats.pt", "latents_stats_imagenet.pt", "stats_recommendation.txt", "stats_report.json",
                 "dataset.json", "reconstruction.png", "extraction.json")
 
@@ -91,12 +127,12 @@ def check_token_count(size, downsample, text):
                          f"{downsample}x), too few tokens for stage 2; use --image_size {2 * downsample} or more")
 
 
-def _settings(args, files, size, tokenizer_info):
+def _settings(job, files, size, tokenizer_info):
     file_hash = hashlib.sha1("\n".join(files).encode()).hexdigest()
-    return dict(data_dir=os.path.abspath(args.data_dir), files_sha1=file_hash, num_files=len(files),
-                image_size=list(size), resize=args.resize, color=args.color, trim=args.trim, flip=args.flip,
-                val_fraction=args.val_fraction, seed=args.seed, sample_posterior=args.sample_posterior,
-                tokenizer=tokenizer_info["name"], tokenizer_bytes=tokenizer_info["bytes"], shard_size=args.shard_size)
+    return dict(data_dir=os.path.abspath(job.data_dir), files_sha1=file_hash, num_files=len(files),
+                image_size=list(size), resize=job.resize, color=job.color, trim=job.trim, flip=job.flip,
+                val_fraction=job.val_fraction, seed=job.seed, sample_posterior=job.sample_posterior,
+                tokenizer=tokenizer_info["name"], tokenizer_bytes=tokenizer_info["bytes"], shard_size=job.shard_size)
 
 
 def file_digest(path):
@@ -132,8 +168,8 @@ def _stale_shards(out, digests, shard_size):
 def _prepare_output_dir(out, settings, overwrite, digests, shard_size):
     """Resume (same settings: unchanged shards kept, shards of changed images removed for re-encoding),
     refuse (other settings, no --overwrite) or clear our own files (--overwrite). Returns (kept, re-encoded)."""
-    record = os.path.join(out, "extraction.json")
-    existing = read_json(record)["settings"] if os.path.isfile(record) else None
+    record = read_record(out, EXTRACTION_FILE, "--output_dir") if os.path.isdir(out) else None
+    existing = record["settings"] if record is not None else None
     shards = list_shards(out) if os.path.isdir(out) else {}
     if existing == settings and not overwrite:
         stale = _stale_shards(out, digests, shard_size)
@@ -152,7 +188,7 @@ def _prepare_output_dir(out, settings, overwrite, digests, shard_size):
         if os.path.exists(os.path.join(out, name)):
             os.unlink(os.path.join(out, name))
     os.makedirs(out, exist_ok=True)
-    write_json_atomic(record, {"schema_version": SCHEMA_VERSION, "settings": settings})
+    write_record(out, EXTRACTION_FILE, {"settings": settings})
     return 0, 0
 
 
@@ -177,44 +213,44 @@ def _flip(x, flip):
     return x.flip(-1) if flip == "time" else x.flip(-2)
 
 
-def encode_shards(args, files, digests, labels, split, size, tokenizer, device, dtype, rank, world, prep):
+def encode_shards(job, files, digests, labels, split, size, tokenizer, device, dtype, rank, world, prep):
     """Encode every shard this rank owns that is not on disk yet; each records the fingerprint of its images."""
-    num_shards = (len(files) + args.shard_size - 1) // args.shard_size
-    done = list_shards(args.output_dir)
+    num_shards = (len(files) + job.shard_size - 1) // job.shard_size
+    done = list_shards(job.output_dir)
     todo = [k for k in range(num_shards) if k % world == rank and k not in done]
     if not todo:
         return
-    indices = [i for k in todo for i in range(k * args.shard_size, min((k + 1) * args.shard_size, len(files)))]
+    indices = [i for k in todo for i in range(k * job.shard_size, min((k + 1) * job.shard_size, len(files)))]
     slim = {k: prep[k] for k in ("color", "colormap", "value_range", "boxes")}   # what workers need
-    loader = DataLoader(ImageFiles(files, indices, size, args.resize, slim), batch_size=args.batch_size,
-                        num_workers=args.num_workers, collate_fn=_collate)
+    loader = DataLoader(ImageFiles(files, indices, size, job.resize, slim), batch_size=job.batch_size,
+                        num_workers=job.num_workers, collate_fn=_collate)
     pending = {k: [] for k in todo}
-    expected = {k: min((k + 1) * args.shard_size, len(files)) - k * args.shard_size for k in todo}
+    expected = {k: min((k + 1) * job.shard_size, len(files)) - k * job.shard_size for k in todo}
     bar = tqdm(total=len(indices), unit="img", desc=f"encode (rank {rank})", disable=rank != 0 and world > 1)
     for items in loader:
         good = [it for it in items if it["x"] is not None]
         for it in items:
-            if it["error"] is not None and args.strict:
+            if it["error"] is not None and job.strict:
                 raise UsageError(f"{files[it['index']]}: cannot be read ({it['error']}); remove it or drop --strict")
         encoded = {}
         if good:
             x = torch.stack([it["x"] for it in good])
-            generator = torch.Generator(device).manual_seed(args.seed * 1_000_003 + good[0]["index"])
-            encoded["latents"] = _encode(tokenizer, x, dtype, device, args.sample_posterior, generator)
-            if args.flip != "none":
-                encoded["latents_flip"] = _encode(tokenizer, _flip(x, args.flip), dtype, device,
-                                                  args.sample_posterior, generator)
+            generator = torch.Generator(device).manual_seed(job.seed * 1_000_003 + good[0]["index"])
+            encoded["latents"] = _encode(tokenizer, x, dtype, device, job.sample_posterior, generator)
+            if job.flip != "none":
+                encoded["latents_flip"] = _encode(tokenizer, _flip(x, job.flip), dtype, device,
+                                                  job.sample_posterior, generator)
         row = 0
         for it in items:
-            k = it["index"] // args.shard_size
+            k = it["index"] // job.shard_size
             if it["x"] is not None:
                 it["z"] = {key: v[row] for key, v in encoded.items()}
                 row += 1
             it["x"] = None  # free the image
             pending[k].append(it)
             if len(pending[k]) == expected[k]:
-                _write_shard(args.output_dir, rank, k, pending.pop(k), labels, split,
-                             shard_content(digests, k, args.shard_size))
+                _write_shard(job.output_dir, rank, k, pending.pop(k), labels, split,
+                             shard_content(digests, k, job.shard_size))
         bar.update(len(items))
     bar.close()
 
@@ -232,16 +268,16 @@ def _write_shard(out, rank, k, items, labels, split, content_sha1):
     write_shard(shard_path(out, rank, k), tensors, info)
 
 
-def _reconstruction_report(args, files, labels, split, names, size, tokenizer, device, dtype, gray, prep):
+def _reconstruction_report(job, files, labels, split, names, size, tokenizer, device, dtype, gray, prep):
     """Encode/decode up to --recon_images per class (held-out first); PSNR/SSIM per class; a picture."""
-    per_class, rows = {}, []
+    per_class, rows, row_names = {}, [], []
     for c, name in enumerate(names):
         idx = [i for i in range(len(files)) if labels[i] == c]
-        idx = sorted(idx, key=lambda i: -int(split[i]))[: args.recon_images]
+        idx = sorted(idx, key=lambda i: -int(split[i]))[: job.recon_images]
         xs = []
         for i in idx:
             try:
-                xs.append(load_prepared(files, i, size, args.resize, prep)[0])
+                xs.append(load_prepared(files, i, size, job.resize, prep)[0])
             except Exception:  # noqa: BLE001 - unreadable files are already listed as skipped
                 continue
         if not xs:
@@ -252,18 +288,20 @@ def _reconstruction_report(args, files, labels, split, names, size, tokenizer, d
         per_class[name] = dict(psnr=float(psnr(x, rec).mean()), ssim=float(ssim(x, rec).mean()), images=len(xs))
         for a, b in list(zip(x, rec))[:4]:
             rows.append([a, b, (a - b).abs() * 2 - 1])
+            row_names.append(name)
     if rows:
-        make_grid(rows, gray).save(os.path.join(args.output_dir, "reconstruction.png"))
+        labelled_grid(rows, os.path.join(job.output_dir, "reconstruction.png"), row_names, gray,
+                      col_labels=["real", "reconstructed", "|difference|"], title="stage 1: tokenizer round trip")
     overall = dict(psnr=sum(v["psnr"] for v in per_class.values()) / max(1, len(per_class)),
                    ssim=sum(v["ssim"] for v in per_class.values()) / max(1, len(per_class)))
     return dict(per_class=per_class, overall=overall)
 
 
-def finalize(args, files, labels, split, names, size, tokenizer, tok_info, device, dtype, timings, t_start, settings,
+def finalize(job, files, labels, split, names, size, tokenizer, tok_info, device, dtype, timings, t_start, settings,
              prep):
     """Rank 0, after every shard exists: stats, recommendation, manifest, reconstruction report."""
-    data = load_latents(args.output_dir)
-    infos = [read_shard_info(p) for _, p in sorted(list_shards(args.output_dir).items())]
+    data = load_latents(job.output_dir)
+    infos = [read_shard_info(p) for _, p in sorted(list_shards(job.output_dir).items())]
     skipped = [dict(path=files[i], reason=r) for info in infos for i, r in info.get("skipped", [])]
     sizes = {i: s for info in infos for i, s in zip(info.get("indices", []), info.get("sizes", []))}
     counts = {name: {"train": 0, "heldout": 0} for name in names}
@@ -276,8 +314,8 @@ def finalize(args, files, labels, split, names, size, tokenizer, tok_info, devic
     if no_train:
         raise UsageError(f"class(es) {', '.join(no_train)}: no readable training image (only held-out ones); add "
                          f"images or fix the unreadable ones listed in the skipped list")
-    warnings = [f"class {n} has no held-out image (too few images for --val_fraction {args.val_fraction}): "
-                f"it cannot be evaluated" for n, c in counts.items() if args.val_fraction > 0 and c["heldout"] == 0]
+    warnings = [f"class {n} has no held-out image (too few images for --val_fraction {job.val_fraction}): "
+                f"it cannot be evaluated" for n, c in counts.items() if job.val_fraction > 0 and c["heldout"] == 0]
     warnings += prep["warnings"]
     for w in warnings:
         print(f"warning: {w}")
@@ -286,62 +324,62 @@ def finalize(args, files, labels, split, names, size, tokenizer, tok_info, devic
     if "latents_flip" in data:
         train = torch.cat([train, data["latents_flip"][data["split"] == 0]])
     stats = channel_stats(train)
-    atomic_torch_save(stats, os.path.join(args.output_dir, "latents_stats.pt"))
+    atomic_torch_save(stats, os.path.join(job.output_dir, "latents_stats.pt"))
     imagenet = None
-    if args.imagenet_stats and os.path.isfile(args.imagenet_stats):
-        imagenet = load_stats(args.imagenet_stats, channels=stats["mean"].shape[1], what="ImageNet stats file")
-        atomic_torch_save(imagenet, os.path.join(args.output_dir, "latents_stats_imagenet.pt"))
+    if job.imagenet_stats and os.path.isfile(job.imagenet_stats):
+        imagenet = load_stats(job.imagenet_stats, channels=stats["mean"].shape[1], what="ImageNet stats file")
+        atomic_torch_save(imagenet, os.path.join(job.output_dir, "latents_stats_imagenet.pt"))
     report = recommend(stats, imagenet)
     color_mode = prep["color_mode"]
-    recon = _reconstruction_report(args, files, labels, split, names, size, tokenizer, device, dtype,
-                                   color_mode == "gray", prep) if args.recon_images > 0 else {}
-    write_text_atomic(os.path.join(args.output_dir, "stats_recommendation.txt"), format_recommendation(report))
-    write_json_atomic(os.path.join(args.output_dir, "stats_report.json"),
-                      dict(report, imagenet_stats=args.imagenet_stats if imagenet is not None else None,
+    recon = _reconstruction_report(job, files, labels, split, names, size, tokenizer, device, dtype,
+                                   color_mode == "gray", prep) if job.recon_images > 0 else {}
+    write_text_atomic(os.path.join(job.output_dir, "stats_recommendation.txt"), format_recommendation(report))
+    write_json_atomic(os.path.join(job.output_dir, "stats_report.json"),
+                      dict(report, imagenet_stats=job.imagenet_stats if imagenet is not None else None,
                            reconstruction=recon))
     order = data["indices"].tolist()
     size_counts = {n: Counter() for n in names}
     for i in order:
         size_counts[names[labels[i]]][tuple(sizes.get(i, ()))] += 1
     manifest = dict(
-        schema_version=SCHEMA_VERSION,
         classes=[dict(name=n, label=c, **counts[n],
                       common_original_size=list(size_counts[n].most_common(1)[0][0]) if size_counts[n] else None)
                  for c, n in enumerate(names)],
         num_images=len(order), files=[prep["names"][i] for i in order],
-        original_sizes=[sizes.get(i) for i in order], color_mode=color_mode, resize=args.resize, flip=args.flip,
+        original_sizes=[sizes.get(i) for i in order], color_mode=color_mode, resize=job.resize, flip=job.flip,
         colormap=prep["colormap_record"], color_detection=prep["color_detection"], value_range=prep["value_range"],
-        trim=dict(mode=args.trim, trimmed=sum(prep["trimmed"][i] for i in order), images=len(order)),
+        trim=dict(mode=job.trim, trimmed=sum(prep["trimmed"][i] for i in order), images=len(order)),
         trim_boxes=[list(prep["boxes"][i]) for i in order], hygiene=prep["hygiene"],
         image_size=list(size), latent_shape=list(data["latents"].shape[1:]),
-        posterior="sample" if args.sample_posterior else "mean",
-        split=dict(val_fraction=args.val_fraction, seed=args.seed), tokenizer=tok_info,
+        posterior="sample" if job.sample_posterior else "mean",
+        split=dict(val_fraction=job.val_fraction, seed=job.seed), tokenizer=tok_info,
         skipped=skipped, warnings=warnings, data_dir=settings["data_dir"],
         data_fingerprint=hashlib.sha1("\n".join(read_shard_info(p).get("content_sha1", "") for _, p in
-                                                sorted(list_shards(args.output_dir).items())).encode()).hexdigest(),
+                                                sorted(list_shards(job.output_dir).items())).encode()).hexdigest(),
         timings=dict(timings, total_s=round(time.time() - t_start, 2)), settings=settings)
-    write_json_atomic(os.path.join(args.output_dir, "dataset.json"), manifest)
+    write_record(job.output_dir, DATASET_FILE, manifest)
     return manifest, report, recon
 
 
-def prepare_data(args, files, labels, split, names, skipped):
+def prepare_data(job, files, labels, split, names, skipped, digests=None):
     """Scan every file once and decide the data set's preprocessing before anything is encoded.
     Returns prep: color ('auto'|'gray'|'rgb'), colormap (name or None), value_range ({lo, hi, kind} or None),
     boxes and trimmed (per file), color_mode, colormap_record, color_detection, hygiene, warnings, names
-    (display path per file), key (a fingerprint of the decisions, folded into each shard's content)."""
+    (display path per file), key (a fingerprint of the decisions, folded into each shard's content).
+    digests: SHA-256 per file (file_digest), reused for the exact-duplicate check."""
     try:
-        trim = parse_trim(args.trim)
+        trim = parse_trim(job.trim)
     except ValueError as e:
         raise UsageError(str(e)) from None
-    scans = scan_files(files, trim, args.num_workers, args.batch_size)
+    scans = scan_files(files, trim, job.num_workers, job.batch_size)
     bad_box = next((i for i, s in enumerate(scans) if s.get("trim_error")), None)
     if bad_box is not None:
         raise UsageError(f"{files[bad_box]}: {scans[bad_box]['error']}")
-    shown = display_names(files, args.data_dir)
+    shown = display_names(files, job.data_dir)
     train = [not s for s in split]
     value_range, warnings = decide_value_range(scans, train)
-    color = decide_color(scans, args.color, shown)
-    hygiene = hygiene_report(files, [names[c] for c in labels], scans, skipped, shown)
+    color = decide_color(scans, job.color, shown)
+    hygiene = hygiene_report(files, [names[c] for c in labels], scans, skipped, shown, digests)
     if color["mixed"] is not None:
         hygiene["mixed_color"] = color["mixed"]
     hygiene["off_map"] = color["off_map"]
@@ -353,46 +391,48 @@ def prepare_data(args, files, labels, split, names, skipped):
     key = json.dumps([colormap, value_range and [value_range["lo"], value_range["hi"]]])
     detection = dict(reason=color["reason"],
                      colour_images=sum(s.get("error") is None and not s["gray"] for s in scans))
-    return dict(color=args.color, colormap=colormap, value_range=value_range, boxes=boxes, trimmed=trimmed,
+    return dict(color=job.color, colormap=colormap, value_range=value_range, boxes=boxes, trimmed=trimmed,
                 color_mode=color["color_mode"], colormap_record=color["colormap"], color_detection=detection,
                 hygiene=hygiene, warnings=warnings, names=shown, key=key)
 
 
-def run(args):
-    """Stage 1 end to end. Returns (manifest, recommendation report, reconstruction report) on rank 0."""
+def run(job):
+    """Stage 1 end to end for `job` (ExtractSettings). Returns (manifest, recommendation report,
+    reconstruction report) on rank 0, None on the other ranks."""
     t_start = time.time()
     rank, world, local_rank = init_distributed()
     try:
-        size = parse_image_size(args.image_size)
-        device = pick_device(args.device, local_rank)
-        dtype = pick_precision(args.precision, device)
-        classes, skipped = walk_classes(args.data_dir)
+        size = parse_image_size(job.image_size)
+        device = pick_device(job.device, local_rank)
+        dtype = pick_precision(job.precision, device)
+        classes, skipped = walk_classes(job.data_dir)
         names = list(classes)
         files = [p for n in names for p in classes[n]]
         labels = [c for c, n in enumerate(names) for _ in classes[n]]
-        split = split_indices(labels, args.val_fraction, args.seed)
-        check_output_location(args.output_dir, args.data_dir)
-        tokenizer = load_vavae(args.vavae_path, device=device, trust=args.trust_checkpoint)
-        check_token_count(size, tokenizer.downsample_factor, args.image_size)
-        tok_info = _tokenizer_info(args.vavae_path, tokenizer)
-        settings = _settings(args, files, size, tok_info)
-        prep = prepare_data(args, files, labels, split, names, skipped)
+        split = split_indices(labels, job.val_fraction, job.seed)
+        check_output_location(job.output_dir, job.data_dir)
+        tokenizer = load_vavae(job.vavae_path, device=device, trust=job.trust_checkpoint)
+        check_token_count(size, tokenizer.downsample_factor, job.image_size)
+        tok_info = _tokenizer_info(job.vavae_path, tokenizer)
+        settings = _settings(job, files, size, tok_info)
+        file_digests = [file_digest(p) for p in files]      # each file's bytes hashed once, used twice
+        prep = prepare_data(job, files, labels, split, names, skipped, file_digests)
         # the set-wide decisions (value range, colour map) are part of every image's content: a shard encoded
         # under other decisions is re-encoded like one whose files changed
-        digests = [file_digest(p) + prep["key"] for p in files]
+        digests = [d + prep["key"] for d in file_digests]
         if rank == 0:
-            kept, changed = _prepare_output_dir(args.output_dir, settings, args.overwrite, digests, args.shard_size)
+            kept, changed = _prepare_output_dir(job.output_dir, settings, job.overwrite, digests, job.shard_size)
             if kept or changed:
-                print(f"resuming: {kept} complete shard(s) of unchanged images kept in {args.output_dir}"
+                print(f"resuming: {kept} complete shard(s) of unchanged images kept in {job.output_dir}"
                       + (f"; {changed} shard(s) re-encoded because their image files changed" if changed else ""))
         barrier(world)
         t_encode = time.time()
-        encode_shards(args, files, digests, labels, split, size, tokenizer, device, dtype, rank, world, prep)
+        encode_shards(job, files, digests, labels, split, size, tokenizer, device, dtype, rank, world, prep)
         barrier(world)
         timings = dict(setup_s=round(t_encode - t_start, 2), encode_s=round(time.time() - t_encode, 2))
         if rank != 0:
             return None
-        return finalize(args, files, labels, split, names, size, tokenizer, tok_info, device, dtype, timings, t_start,
+        return finalize(job, files, labels, split, names, size, tokenizer, tok_info, device, dtype, timings, t_start,
                         settings, prep)
     finally:
         cleanup_distributed(world)

@@ -127,19 +127,20 @@ def _near_pairs(thumbs, max_diff):
     return pairs
 
 
-def duplicate_groups(files, thumbs=None, classes=None, max_diff=NEAR_MAX_DIFF):
+def duplicate_groups(files, thumbs=None, classes=None, max_diff=NEAR_MAX_DIFF, digests=None):
     """Exact and near duplicates among files (paths), within and across classes.
     thumbs: (N, S, S) thumbnails (see thumbnail()) for near duplicates, or None for exact ones only.
     classes: class name per file; by default the name of the file's parent folder.
     Returns [{'kind': 'exact' | 'near', 'files': [...], 'classes': [...]}]: exact groups share their
     bytes (SHA-256); near groups join files whose thumbnails differ by at most max_diff, after exact
-    copies were merged (so a near group never repeats an exact one, but lists all copies it touches)."""
+    copies were merged (so a near group never repeats an exact one, but lists all copies it touches).
+    digests: SHA-256 per file when the caller has them already (stage 1 hashes every file once)."""
     files = list(files)
     if classes is None:
         classes = [os.path.basename(os.path.dirname(os.path.abspath(f))) for f in files]
     by_hash = {}
     for i, f in enumerate(files):
-        by_hash.setdefault(file_sha256(f), []).append(i)
+        by_hash.setdefault(digests[i] if digests is not None else file_sha256(f), []).append(i)
     exact = [m for m in by_hash.values() if len(m) > 1]
     out = [{"kind": "exact", "files": [files[i] for i in m], "classes": sorted({classes[i] for i in m})}
            for m in exact]

@@ -15,6 +15,8 @@ import shutil
 import tarfile
 import time
 import zipfile
+from dataclasses import dataclass, fields
+from typing import Optional, Tuple
 
 import torch
 from PIL import Image
@@ -29,11 +31,47 @@ from pipeline.common import (UsageError, atomic_path, barrier, cleanup_distribut
 from pipeline.config import config_differences
 from pipeline.evaluate import check_heldout
 from pipeline.generate import decode_latents, denormalise, image_seed, sample_latents
-from pipeline.images import load_for_tokenizer, make_grid, save_image, unique_folder_names
+from pipeline.images import load_for_tokenizer, save_image, unique_folder_names
+from pipeline.plot import labelled_grid
 
 SAMPLING_KEYS = ("num_steps", "method", "cfg_scale", "cfg_interval_start", "timestep_shift")
 # The fast preset (bench/sampler_accuracy.py): Heun with 16 steps matches Euler-250 within 1 % error.
 PRESETS = {"fast": dict(method="heun", num_steps=16), "quality": dict(method="euler", num_steps=250)}
+
+
+@dataclass(frozen=True)
+class GenerateSettings:
+    """Everything stage 3 is asked to do (stage3_inference.py's flags, with these defaults). The sampling
+    fields left None take the run's values (chosen on held-out data by stage 2, else its config)."""
+    checkpoint: Optional[str] = None       # checkpoint file or run dir; None: newest run under runs/
+    pick: str = "best"                     # with a run dir: best | latest
+    vavae_path: str = "pretrained/vavae-imagenet256-f16d32-dinov2.pt"    # or "demo"
+    output_dir: str = "generated"
+    num_per_class: int = 100
+    classes: Optional[Tuple[str, ...]] = None   # names or ids; None: all
+    preset: Optional[str] = None           # fast | quality (PRESETS)
+    cfg_scale: Optional[float] = None
+    cfg_interval_start: Optional[float] = None
+    timestep_shift: Optional[float] = None
+    steps: Optional[int] = None
+    method: Optional[str] = None           # euler | heun
+    seed: int = 0
+    batch_size: int = 32
+    decode_chunk: int = 16                 # latents decoded at once (memory)
+    precision: str = "auto"
+    no_ema: bool = False
+    original_size: bool = False
+    save_latents: bool = False
+    archive: Optional[str] = None          # zip | tar
+    overwrite: bool = False
+    eval: bool = False
+    device: str = "auto"
+    trust_checkpoint: bool = False
+
+    @classmethod
+    def defaults(cls):
+        """{flag name: default} for the command line, so the defaults are written once, here."""
+        return {f.name: f.default for f in fields(cls)}
 
 
 def resolve_checkpoint(path, pick="best", runs_root="runs"):
@@ -182,70 +220,70 @@ def make_archive(out_dir, kind, files):
     return path
 
 
-def generate(args):
-    """Stage 3 end to end. Returns (the samples.json manifest, the tokenizer) on rank 0 (None elsewhere)."""
+def generate(job):
+    """Stage 3 end to end for `job` (GenerateSettings). Returns (the samples.json manifest, the tokenizer) on rank 0 (None elsewhere)."""
     rank, world, local_rank = init_distributed()
     try:
-        return _generate(args, rank, world, local_rank)
+        return _generate(job, rank, world, local_rank)
     finally:
         cleanup_distributed(world)
 
 
-def _generate(args, rank, world, local_rank):
+def _generate(job, rank, world, local_rank):
     t_start = time.time()
-    device = pick_device(args.device, local_rank)
-    dtype = pick_precision(args.precision, device)
-    ckpt_path, picked = resolve_checkpoint(args.checkpoint, args.pick)
-    model, ckpt = load_run(ckpt_path, use_ema=not args.no_ema, trust=args.trust_checkpoint)
+    device = pick_device(job.device, local_rank)
+    dtype = pick_precision(job.precision, device)
+    ckpt_path, picked = resolve_checkpoint(job.checkpoint, job.pick)
+    model, ckpt = load_run(ckpt_path, use_ema=not job.no_ema, trust=job.trust_checkpoint)
     model.to(device)
     classes = ckpt["classes"]
-    class_ids = select_classes(args.classes, classes)
+    class_ids = select_classes(job.classes, classes)
     folders = unique_folder_names(classes)
-    if args.eval:
+    if job.eval:
         check_heldout(ckpt["latent_dir"])  # refuse before generating anything
-    sampling = sampling_settings(ckpt, args)
+    sampling = sampling_settings(ckpt, job)
     latent_shape = list(ckpt["latent_shape"])
-    tokenizer = load_vavae(args.vavae_path, device=device, latent_channels=latent_shape[0], trust=args.trust_checkpoint)
+    tokenizer = load_vavae(job.vavae_path, device=device, latent_channels=latent_shape[0], trust=job.trust_checkpoint)
     gray = ckpt["color_mode"] == "gray"
     data = ckpt.get("data") or {}
     # a colour-mapped data set was trained as intensities: draw them in its map again (stage 1 recorded it)
     colormap = (data.get("colormap") or {}).get("name") if gray else None
-    original_sizes = ckpt["original_sizes"] or {} if args.original_size else None
+    original_sizes = ckpt["original_sizes"] or {} if job.original_size else None
     stats = ckpt["stats"]
-    weights = "ema" if not args.no_ema else "model"
+    weights = "ema" if not job.no_ema else "model"
 
     settings = dict(step=int(ckpt["step"]), weights=weights, weights_sha1=tensor_fingerprint(ckpt[weights]),
-                    seed=args.seed, **sampling, stats_source=stats.get("source"),
-                    tokenizer=os.path.basename(str(args.vavae_path)), original_size=bool(args.original_size),
-                    color_mode="gray" if gray else "rgb", precision=args.precision,
+                    seed=job.seed, **sampling, stats_source=stats.get("source"),
+                    tokenizer=os.path.basename(str(job.vavae_path)), original_size=bool(job.original_size),
+                    color_mode="gray" if gray else "rgb", precision=job.precision,
                     **({"colormap": colormap} if colormap else {}))
-    planned = [image_file(folders[classes[c]], k) for c in class_ids for k in range(args.num_per_class)]
+    planned = [image_file(folders[classes[c]], k) for c in class_ids for k in range(job.num_per_class)]
     if rank == 0:
         print(f"checkpoint: {ckpt_path} ({picked}, step {settings['step']})")
-        files = claim_output_dir(args.output_dir, settings, planned, args.overwrite)
-        os.makedirs(args.output_dir, exist_ok=True)
-        write_json_atomic(os.path.join(args.output_dir, "samples.json"),
+        files = claim_output_dir(job.output_dir, settings, planned, job.overwrite)
+        os.makedirs(job.output_dir, exist_ok=True)
+        write_json_atomic(os.path.join(job.output_dir, "samples.json"),
                           dict(settings=settings, checkpoint=os.path.abspath(ckpt_path), files=files, complete=False))
     barrier(world)
 
-    jobs = [(c, k) for c in class_ids for k in range(args.num_per_class)
-            if not os.path.isfile(os.path.join(args.output_dir, image_file(folders[classes[c]], k)))]
+    jobs = [(c, k) for c in class_ids for k in range(job.num_per_class)
+            if not os.path.isfile(os.path.join(job.output_dir, image_file(folders[classes[c]], k)))]
     mine = jobs[rank::world]
-    partial_dir = os.path.join(args.output_dir, PARTIAL_DIR)
+    partial_dir = os.path.join(job.output_dir, PARTIAL_DIR)
     bar = tqdm(total=len(mine), unit="img", desc="generate", disable=rank != 0)
-    for start in range(0, len(mine), args.batch_size):
-        batch = mine[start:start + args.batch_size]
-        seeds = [image_seed(args.seed, c, k) for c, k in batch]
+    for start in range(0, len(mine), job.batch_size):
+        batch = mine[start:start + job.batch_size]
+        seeds = [image_seed(job.seed, c, k) for c, k in batch]
         z = sample_latents(model, [c for c, _ in batch], seeds, latent_shape, sampling, device, dtype)
         z = denormalise(z, stats)
-        if args.save_latents:
+        if job.save_latents:
             with atomic_path(os.path.join(partial_dir, f"rank{rank}_{start:07d}_{time.time_ns()}.safetensors")) as tmp:
                 save_file({"latents": z.cpu().contiguous(), "labels": torch.tensor([c for c, _ in batch]),
                            "index": torch.tensor([k for _, k in batch])}, tmp)
-        images = decode_latents(tokenizer, z, device, dtype, chunk=args.decode_chunk)
+        images = decode_latents(tokenizer, z, device, dtype, chunk=job.decode_chunk)
         for img, (c, k) in zip(images, batch):
             size = original_sizes.get(classes[c]) if original_sizes is not None else None
-            save_image(img, os.path.join(args.output_dir, image_file(folders[classes[c]], k)), gray,
+            save_image(img, os.path.join(job.output_dir, image_file(folders[classes[c]], k)), gray,
                        size=tuple(size) if size else None, colormap=colormap)
         bar.update(len(batch))
     bar.close()
@@ -254,13 +292,15 @@ def _generate(args, rank, world, local_rank):
         return None
 
     # ---- summary outputs (rank 0) ----------------------------------------------------------------
-    rows = [[os.path.join(args.output_dir, image_file(folders[classes[c]], k)) for k in range(min(8, args.num_per_class))]
+    rows = [[os.path.join(job.output_dir, image_file(folders[classes[c]], k)) for k in range(min(8, job.num_per_class))]
             for c in class_ids]
     width, height = Image.open(rows[0][0]).size   # with --original_size, classes differ: show all at one size
     rows = [[load_for_tokenizer(p, (height, width))[0] for p in row] for row in rows]
-    make_grid(rows, gray and not colormap).save(os.path.join(args.output_dir, "grid.png"))
-    if args.save_latents:
-        _merge_latents(partial_dir, os.path.join(args.output_dir, "latents.safetensors"))
+    labelled_grid(rows, os.path.join(job.output_dir, "grid.png"), [classes[c] for c in class_ids],
+                  gray and not colormap, row_kinds=["generated"] * len(rows),
+                  title=f"stage 3: generated, first {len(rows[0])} per class")
+    if job.save_latents:
+        _merge_latents(partial_dir, os.path.join(job.output_dir, "latents.safetensors"))
     # Every image of this dir (this run's and earlier runs' with the same settings), with its seed.
     by_folder = {folders[n]: (c, n) for c, n in enumerate(classes)}
     images = {}
@@ -268,27 +308,27 @@ def _generate(args, rank, world, local_rank):
         folder = os.path.dirname(rel)
         c, name = by_folder[folder]
         k = int(os.path.splitext(os.path.basename(rel))[0].rsplit("_", 1)[1])
-        images.setdefault(name, []).append(dict(file=rel, seed=image_seed(args.seed, c, k)))
+        images.setdefault(name, []).append(dict(file=rel, seed=image_seed(job.seed, c, k)))
     manifest = dict(settings=settings, checkpoint=os.path.abspath(ckpt_path), checkpoint_picked=picked,
                     files=files, complete=True, latent_dir=ckpt["latent_dir"],
                     classes={n: dict(label=classes.index(n), folder=folders[n], count=len(v)) for n, v in images.items()},
                     images=images, generated_this_run=len(jobs), time_s=round(time.time() - t_start, 2),
                     colormap=colormap, data=data)
-    if args.archive:
-        manifest["archive"] = os.path.basename(make_archive(args.output_dir, args.archive, files))
-    write_json_atomic(os.path.join(args.output_dir, "samples.json"), manifest)
+    if job.archive:
+        manifest["archive"] = os.path.basename(make_archive(job.output_dir, job.archive, files))
+    write_json_atomic(os.path.join(job.output_dir, "samples.json"), manifest)
     return manifest, tokenizer
 
 
-def sampling_settings(ckpt, args):
+def sampling_settings(ckpt, job):
     """The run's sampling settings (chosen on held-out data by stage 2 when it could, else its config), then
     --preset, then single flags."""
     sampling = {k: ckpt["config"]["sample"][k] for k in SAMPLING_KEYS}
     sampling.update({k: v for k, v in (ckpt["sampling"] or {}).items() if k in SAMPLING_KEYS})
-    if args.preset:
-        sampling.update(PRESETS[args.preset])
-    for key, value in (("num_steps", args.steps), ("method", args.method), ("cfg_scale", args.cfg_scale),
-                       ("cfg_interval_start", args.cfg_interval_start), ("timestep_shift", args.timestep_shift)):
+    if job.preset:
+        sampling.update(PRESETS[job.preset])
+    for key, value in (("num_steps", job.steps), ("method", job.method), ("cfg_scale", job.cfg_scale),
+                       ("cfg_interval_start", job.cfg_interval_start), ("timestep_shift", job.timestep_shift)):
         if value is not None:
             sampling[key] = value
     if len(ckpt["classes"]) == 1:

@@ -195,13 +195,15 @@ def decide_color(scans, color, names, max_residual=cm.DEFAULT_MAX_RESIDUAL):
                 reason=reason)
 
 
-def hygiene_report(files, class_of, scans, skipped, names):
+def hygiene_report(files, class_of, scans, skipped, names, digests=None):
     """dataset.json's `hygiene`: duplicates (exact and near, within and across classes), skipped non-image
     files, extreme aspect ratios, colour mix. files: real paths; class_of: class name per file; skipped:
-    [(path, reason)] from the folder walk; names: display name (relative path) per file."""
+    [(path, reason)] from the folder walk; names: display name (relative path) per file; digests: SHA-256
+    per file, if known."""
     ok = [i for i, s in enumerate(scans) if s.get("error") is None]
     groups = duplicate_groups([files[i] for i in ok], np.stack([scans[i]["thumb"] for i in ok]) / 255.0
-                              if ok else None, classes=[class_of[i] for i in ok]) if ok else []
+                              if ok else None, classes=[class_of[i] for i in ok],
+                              digests=[digests[i] for i in ok] if digests is not None else None) if ok else []
     display = {files[i]: names[i] for i in ok}
     duplicates = [dict(kind=g["kind"], files=[display[f] for f in g["files"]], classes=g["classes"],
                        across_classes=len(g["classes"]) > 1) for g in groups]

@@ -24,12 +24,14 @@ import math
 import os
 import signal
 import subprocess
+import sys
 import time
 from dataclasses import dataclass
 from typing import Optional
 
 import torch
 import torch.nn as nn
+from tqdm import tqdm
 
 from models.lightningdit import LightningDiT_models, dit_state_dict_from_checkpoint, load_dit_checkpoint
 from models.safe_load import CheckpointError
@@ -37,13 +39,12 @@ from models.transport import training_losses
 from pipeline.checkpoint import (FORMAT_VERSION, latents_fingerprint, latest_checkpoint, read_checkpoint,
                                  save_best, save_checkpoint)
 from pipeline.common import (UsageError, autocast, cleanup_distributed, init_distributed, is_temp_file, pick_device,
-                             pick_precision, read_json, run_lock, write_text_atomic)
+                             pick_precision, run_lock, write_text_atomic)
 from pipeline.config import config_differences, save_config
 from pipeline.generate import decode_latents, denormalise, image_seed, latent_maps, sample_latents
 from pipeline.heldout import HeldoutSet, tune_sampling
-from pipeline.images import make_grid
-from pipeline.latents import load_latents
-from pipeline.plot import line_plot
+from pipeline.latents import load_latents, read_dataset
+from pipeline.plot import labelled_grid, loss_plot
 from pipeline.stats import load_stats, read_recommendation
 
 VALIDATION_T = (0.1, 0.3, 0.5, 0.7, 0.9)
@@ -64,13 +65,6 @@ class RunSettings:
 # --------------------------------------------------------------------------------
 #                                   Data
 # --------------------------------------------------------------------------------
-
-def load_dataset_manifest(latent_dir):
-    path = os.path.join(latent_dir, "dataset.json")
-    if not os.path.isfile(path):
-        raise UsageError(f"--latent_dir {latent_dir}: no dataset.json; run stage1_extract_features.py (to its end) first")
-    return read_json(path)
-
 
 def choose_stats(latent_dir, requested, channels, init_stats=None):
     """Returns ({'mean', 'std'}, source). auto: the stats an --init_from model was trained with, else
@@ -316,8 +310,9 @@ def update_monitor(monitor, step, score):
     return improved, turned
 
 
-def save_sample_grid(path, ema, meta, cfg, device, dtype, tokenizer):
-    """One row per class, fixed noise across the run, EMA weights; decoded when a tokenizer is given."""
+def save_sample_grid(path, ema, meta, cfg, device, dtype, tokenizer, step=None):
+    """One row per class, fixed noise across the run, EMA weights; decoded when a tokenizer is given. Each row
+    is labelled with its class (all rows are generated)."""
     per_class = cfg["log"]["samples_per_class"]
     classes = meta["classes"]
     labels = [c for c in range(len(classes)) for _ in range(per_class)]
@@ -330,25 +325,21 @@ def save_sample_grid(path, ema, meta, cfg, device, dtype, tokenizer):
         images = latent_maps(z)
     rows = [list(images[c * per_class:(c + 1) * per_class]) for c in range(len(classes))]
     os.makedirs(os.path.dirname(path), exist_ok=True)
-    make_grid(rows, gray=meta["color_mode"] == "gray").save(path)
+    at = "" if step is None else f" at step {step}"
+    shown = "decoded" if tokenizer is not None else "latent channel 0: no --vavae_path"
+    labelled_grid(rows, path, classes, gray=meta["color_mode"] == "gray", row_kinds=["generated"] * len(rows),
+                  title=f"stage 2 samples{at} (EMA weights, {shown})")
 
 
 def plot_log(run_dir, best_step=None):
     """loss.png: train loss, held-out loss at fixed t and the held-out score, the chosen checkpoint marked."""
     with open(os.path.join(run_dir, "log.jsonl")) as f:
         rows = [json.loads(line) for line in f if line.strip()]
-    train = [r for r in rows if "loss" in r]
-    val = [r for r in rows if "val_loss" in r]
-    score = [r for r in rows if "heldout_score" in r]
-    series = {"train loss": ([r["step"] for r in train], [r["loss"] for r in train])}
-    if val:
-        series["held-out loss (fixed t)"] = ([r["step"] for r in val], [r["val_loss"] for r in val])
-    if score:
-        series["held-out score (sample FD x (2 - tstr))"] = ([r["step"] for r in score],
-                                                             [r["heldout_score"] for r in score])
-    marks = {f"best.pt (step {best_step})": best_step} if best_step is not None else {}
-    line_plot(series, os.path.join(run_dir, "loss.png"), title="stage 2: loss and held-out signal", xlabel="step",
-              ylabel="value", log_y=True, vlines=marks)
+
+    def series(key):
+        return [r["step"] for r in rows if key in r], [r[key] for r in rows if key in r]
+
+    loss_plot(os.path.join(run_dir, "loss.png"), series("loss"), series("val_loss"), series("heldout_score"), best_step)
 
 
 # --------------------------------------------------------------------------------
@@ -498,7 +489,7 @@ class Run:
 
     def log(self, text):
         if self.rank == 0:
-            print(text)
+            tqdm.write(text)   # print, above the progress bar when one is drawn
 
     def state(self, rng):
         """This run's checkpoint (pipeline/checkpoint.py CHECKPOINT_KEYS)."""
@@ -524,7 +515,7 @@ def setup_run(cfg, settings, rank, world, local_rank):
         raise UsageError(f"--batch_size {tcfg['batch_size']} is not divisible by the {world} processes")
 
     # ---- data and the run being resumed ------------------------------------------------------------------
-    manifest = load_dataset_manifest(settings.latent_dir)
+    manifest = read_dataset(settings.latent_dir)
     data = load_latents(settings.latent_dir)
     classes = [c["name"] for c in manifest["classes"]]
     latent_shape = list(data["latents"].shape[1:])
@@ -642,7 +633,8 @@ def held_out_check(run):
 
 
 def log_interval(run, sums, steps, bad_total, grad_norm, lr, t_log, t_start):
-    """Average the summed losses of the last `steps` steps over every rank and write one log row (rank 0)."""
+    """Average the summed losses of the last `steps` steps over every rank and write one log row (rank 0).
+    Returns the row."""
     if run.world > 1:
         import torch.distributed as dist
         dist.all_reduce(sums)
@@ -659,6 +651,59 @@ def log_interval(run, sums, steps, bad_total, grad_norm, lr, t_log, t_start):
         run.log(f"step {run.step}: loss {row['loss']:.4f} (mse {row['mse']:.4f}, cos {row['cos']:.4f}), "
                 f"grad {row['grad_norm']:.2f}, {row['images_per_s']:.0f} img/s"
                 + (f", {row['skipped_steps']} non-finite steps skipped" if row["skipped_steps"] else ""))
+    return row
+
+
+def progress_enabled(rank=0):
+    """The progress bar is for a person watching a terminal: rank 0 only, and neither under CI=true nor with
+    stdout or stderr redirected (a log file, a notebook): there the log lines alone are printed."""
+    if rank != 0 or os.environ.get("CI", "").strip().lower() in ("true", "1", "yes"):
+        return False
+    return all(callable(getattr(f, "isatty", None)) and f.isatty() for f in (sys.stdout, sys.stderr))
+
+
+def eta_seconds(steps_done, elapsed_s, steps_left, budget_left_s=None):
+    """(seconds, what) until training ends: `steps_left` at the rate so far ('max_steps'), or the rest of the time
+    budget ('time budget'), whichever comes first; (None, None) while neither is known."""
+    ends = []
+    if steps_done > 0 and elapsed_s > 0:
+        ends.append((steps_left * elapsed_s / steps_done, "max_steps"))
+    if budget_left_s is not None:
+        ends.append((max(0.0, budget_left_s), "time budget"))
+    return min(ends) if ends else (None, None)
+
+
+class TrainProgress:
+    """tqdm bar over the training steps: step/max_steps, images/s, the last logged loss and the ETA to max_steps
+    or the time budget. Disabled as progress_enabled() says; it reads no tensors (no host sync)."""
+
+    def __init__(self, run, t_start, budget):
+        self.t_start, self.budget, self.first = t_start, budget, run.step
+        self.batch, self.loss = run.cfg["train"]["batch_size"], ""
+        self.bar = tqdm(total=run.max_steps, initial=run.step, desc="stage 2", unit="step", dynamic_ncols=True,
+                        disable=not progress_enabled(run.rank),
+                        bar_format="{desc} {percentage:3.0f}%|{bar}| {n_fmt}/{total_fmt} steps [{elapsed}{postfix}]")
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.bar.close()
+
+    def update(self, step):
+        if self.bar.disable:
+            return
+        elapsed = time.time() - self.t_start
+        eta, until = eta_seconds(step - self.first, elapsed, self.bar.total - step,
+                                 float(self.budget) - elapsed if self.budget else None)
+        text = f"{(step - self.first) * self.batch / max(elapsed, 1e-9):.0f} img/s" + self.loss
+        if eta is not None:
+            text += f", ETA {tqdm.format_interval(eta)} ({until})"
+        self.bar.set_postfix_str(text, refresh=False)
+        self.bar.update(step - self.bar.n)
+
+    def logged(self, row):
+        self.loss = f", loss {row['loss']:.4f}"
 
 
 def _train(cfg, settings, rank, world, local_rank):
@@ -670,7 +715,7 @@ def _train(cfg, settings, rank, world, local_rank):
     bad_steps = torch.zeros((), device=device)  # consecutive non-finite steps
     bad_total = torch.zeros((), device=device)
     steps_in_interval, stop_reason = 0, None
-    with StopFlag() as stop:
+    with StopFlag() as stop, TrainProgress(run, t_start, tcfg["time_budget"]) as progress:
         while run.step < run.max_steps:
             step = run.step
             idx = batch_indices(seed, step, rank, len(run.latents), local_batch).to(device, non_blocking=True)
@@ -688,6 +733,7 @@ def _train(cfg, settings, rank, world, local_rank):
             sum_loss += torch.where(finite, values, 0.0)
             run.step = step = step + 1
             steps_in_interval += 1
+            progress.update(step)
 
             # logging, stopping, held-out checks, checkpoints and samples (the only host syncs)
             at_log = step % lcfg["log_every"] == 0 or step == run.max_steps
@@ -696,7 +742,8 @@ def _train(cfg, settings, rank, world, local_rank):
             if at_log:
                 if int(bad_steps) >= tcfg["max_bad_steps"]:
                     stop_reason = f"{int(bad_steps)} non-finite steps in a row"
-                log_interval(run, sum_loss.clone(), steps_in_interval, bad_total, grad_norm, lr, t_log, t_start)
+                progress.logged(log_interval(run, sum_loss.clone(), steps_in_interval, bad_total, grad_norm, lr, t_log,
+                                             t_start))
                 sum_loss.zero_()
                 bad_total.zero_()
                 steps_in_interval, t_log = 0, time.time()
@@ -708,7 +755,7 @@ def _train(cfg, settings, rank, world, local_rank):
                     break
             if step % lcfg["sample_every"] == 0 and rank == 0:
                 save_sample_grid(os.path.join(settings.output_dir, "samples", f"step_{step:07d}.png"), run.ema,
-                                 run.meta, cfg, device, run.dtype, run.tokenizer)
+                                 run.meta, cfg, device, run.dtype, run.tokenizer, step=step)
             if step % lcfg["ckpt_every"] == 0 and step < run.max_steps:
                 run.save(f"every {lcfg['ckpt_every']} steps")
         diverged = bool(stop_reason and "non-finite" in stop_reason)

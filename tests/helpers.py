@@ -47,35 +47,10 @@ def make_tiny_vavae_checkpoint(path, layout="release", model=None, extra=None, s
     return path, model
 
 
-def make_latent_dir(path, class_means, n_per_class=24, shape=(4, 4, 4), noise=0.1, heldout_every=6, seed=0,
-                    class_names=None, color_mode="gray"):
-    """A stage-1-like latent dir without images: class c has latents mean class_means[c] + noise * N(0, 1).
-    Every `heldout_every`-th image is held out. Writes shards, latents_stats.pt, dataset.json."""
-    import json
-    from pipeline.common import atomic_torch_save
-    from pipeline.latents import shard_path, write_shard
-    from pipeline.stats import channel_stats
-    g = torch.Generator().manual_seed(seed)
-    names = class_names or [f"class{c}" for c in range(len(class_means))]
-    lat, lab = [], []
-    for c, m in enumerate(class_means):
-        lat.append(m + noise * torch.randn(n_per_class, *shape, generator=g))
-        lab += [c] * n_per_class
-    latents = torch.cat(lat).float()
-    labels = torch.tensor(lab)
-    split = (torch.arange(len(labels)) % heldout_every == heldout_every - 1).to(torch.uint8)
-    path = Path(path)
-    path.mkdir(parents=True, exist_ok=True)
-    write_shard(shard_path(path, 0, 0), {"latents": latents, "labels": labels, "split": split},
-                {"indices": list(range(len(labels)))})
-    atomic_torch_save(channel_stats(latents[split == 0]), path / "latents_stats.pt")
-    classes = [dict(name=n, label=c, train=int(((labels == c) & (split == 0)).sum()),
-                    heldout=int(((labels == c) & (split == 1)).sum()), common_original_size=[40, 30])
-               for c, n in enumerate(names)]
-    (path / "dataset.json").write_text(json.dumps(dict(
-        schema_version=1, classes=classes, color_mode=color_mode, latent_shape=list(shape),
-        image_size=[shape[1] * 16, shape[2] * 16], tokenizer=dict(name="test", latent_channels=shape[0]))))
-    return latents, labels, split
+def make_latent_dir(path, class_means, **kwargs):
+    """A stage-1-like latent dir without images (pipeline.latents.write_synthetic_latent_dir)."""
+    from pipeline.latents import write_synthetic_latent_dir
+    return write_synthetic_latent_dir(path, class_means, **kwargs)
 
 
 def free_port():

@@ -146,10 +146,15 @@ def test_bad_inputs_exit_2(tmp_path, latent_dir):
     torch.save({"mean": torch.zeros(1, 3, 1, 1), "std": torch.ones(1, 3, 1, 1)}, wrong / "latents_stats.pt")
     empty = tmp_path / "empty"
     empty.mkdir()
+    future = tmp_path / "future"     # dataset.json from a newer version of this code: refused, not misread
+    make_latent_dir(future, MEANS)
+    info = json.loads((future / "dataset.json").read_text())
+    (future / "dataset.json").write_text(json.dumps(dict(info, schema_version=99)))
     stage2.main(stage2_args(latent_dir, tmp_path / "used", steps=2))
     cases = [
         (stage2_args(tmp_path / "missing", tmp_path / "o1"), "no such folder"),
         (stage2_args(empty, tmp_path / "o2"), "dataset.json"),
+        (stage2_args(future, tmp_path / "o2b"), "dataset.json has schema version 99"),
         (stage2_args(wrong, tmp_path / "o3"), "3 channels"),
         (stage2_args(latent_dir, tmp_path / "o4", "--model", "LightningDiT-Huge/9"), "unknown"),
         (stage2_args(latent_dir, tmp_path / "used", "train.lr=0.5"), "different config (train.lr)"),
