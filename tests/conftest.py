@@ -7,7 +7,7 @@ import pytest
 from tests.helpers import MEANS, make_latent_dir
 
 # Whole files of trainings, subprocesses and classifier fits, and single long tests elsewhere.
-SLOW_FILES = {"test_faults.py", "test_end_to_end.py", "test_stage3.py", "test_evaluate.py"}
+SLOW_FILES = {"test_faults.py", "test_stage3.py", "test_evaluate.py"}
 SLOW_TESTS = {"test_tiny_model_learns_class_means", "test_two_process_gloo_ddp", "test_non_finite_loss_stops_with_checkpoint",
               "test_sigterm_writes_a_checkpoint_and_stops", "test_time_budget_stops_cleanly",
               "test_two_ranks_encode_disjoint_shards_and_match_one_process", "test_bad_inputs_exit_2",

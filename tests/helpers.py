@@ -69,3 +69,26 @@ def stage2_args(latent_dir, output_dir, *extra, steps=20):
             # a cheap held-out monitor that never stops early: runs last exactly `steps` (tests of the monitor
             # itself set these back)
             "monitor.patience=0", "monitor.samples_per_class=4", "monitor.num_steps=2", *extra]
+
+
+def cli_error(main, argv, capsys):
+    """Run a stage script's `main` in this process the way `python <script> argv` does (`run_cli(main)`,
+    `argv` on sys.argv, the repository root as working directory) and return (exit code, stderr). It must
+    exit through SystemExit (run_cli's one-line error, or argparse); any other exception propagates and fails
+    the test, as a traceback from the real process would."""
+    import sys
+    from unittest import mock
+
+    from pipeline.common import run_cli
+    capsys.readouterr()   # drop earlier output
+    script = f"{main.__module__}.py"
+    cwd = os.getcwd()
+    os.chdir(Path(__file__).parent.parent)   # relative defaults (pretrained/...) resolve as in the script's runs
+    try:
+        with mock.patch.object(sys, "argv", [script, *map(str, argv)]):
+            run_cli(main)
+    except SystemExit as e:
+        return e.code, capsys.readouterr().err
+    finally:
+        os.chdir(cwd)
+    raise AssertionError(f"{script} {' '.join(map(str, argv))}: finished without an error")

@@ -190,3 +190,12 @@ def test_reconstruction_round_trip_is_the_ceiling_input():
 
     lost = ev.reconstruct(Lossy(), x, gray=False)
     assert torch.allclose(lost, torch.full_like(x, 0.5))
+
+
+@pytest.mark.parametrize("argv,message", [
+    (["--real", "nowhere", "--generated", "nowhere"], "no such folder"),
+])
+def test_evaluate_cli_errors(argv, message, capsys):
+    with pytest.raises(SystemExit) as stop:
+        ev.main(argv)
+    assert stop.value.code == 2 and message in capsys.readouterr().err

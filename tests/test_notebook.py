@@ -1,5 +1,7 @@
 """notebooks/kaggle_microdoppler.ipynb: valid nbformat 4, in sync with its generator, and every code cell run top
-to bottom in one namespace (as Jupyter would) in demo mode at toy scale: stages 1-3, a resumed training, outputs."""
+to bottom in one namespace (as Jupyter would) in demo mode at toy scale: stages 1-3, a resumed training, outputs.
+This is also the pipeline's end-to-end test: simulate, stage 1, stage 2 (resumed), stage 3 --eval, the stand-alone
+evaluator and the demo summary on the same folders."""
 
 import json
 import re
@@ -116,8 +118,25 @@ def test_notebook_runs_top_to_bottom_in_demo_mode(tmp_path, monkeypatch, capsys)
         assert len(samples["images"][name]) == 4
         assert all((gen / item["file"]).is_file() for item in samples["images"][name])
     result = json.loads((gen / "eval.json").read_text())
-    assert 0.0 <= result["generated_accuracy"] <= 1.0 and result["num_generated"] == 4 * len(classes)
-    assert set(result["per_class"]) == set(classes)
+    assert result["num_generated"] == 4 * len(classes) and result["num_real"] == 2 * len(classes)
+    # every class folder of the output was read under its own label: the per-class rows add up to the totals
+    per_class = result["per_class"]
+    assert set(per_class) == set(classes) and all(c["num_generated"] == 4 for c in per_class.values())
+    assert sum(c["generated_accuracy"] * 4 for c in per_class.values()) / result["num_generated"] == \
+        pytest.approx(result["generated_accuracy"])
+    assert result["fd_classifier"] > 0 and result["fd_latent"] > 0   # 30 steps cannot reproduce held-out images
+    assert "reconstruction_accuracy" in result                         # the demo tokenizer's ceiling (--eval)
+    # stage 3 --eval and the stand-alone evaluator give the same report for the same folders
+    import pipeline.evaluate as ev
+    monkeypatch.setattr(ev, "CACHE_DIR", str(tmp_path / "cache"))
+    alone = ev.evaluate(str(work / "latent_features"), str(gen), str(tmp_path / "alone.json"), vavae_path="demo")
+    for key in ("real_accuracy", "generated_accuracy", "tstr_accuracy", "augmented_accuracy", "precision", "recall",
+                "memorisation_fraction", "fd_classifier", "fd_latent", "reconstruction_accuracy"):
+        assert alone[key] == pytest.approx(result[key]), key
+    # the offline demo's summary grid from the same folders
+    from pipeline import demo
+    demo.main(["--real", str(work / "demo_data"), "--generated", str(gen), "--out", str(tmp_path / "demo")])
+    assert (tmp_path / "demo" / "grid.png").is_file() and "generated_accuracy" in capsys.readouterr().out
     with zipfile.ZipFile(gen / "generated.zip") as z:
         assert len([n for n in z.namelist() if n.endswith(".png")]) == 4 * len(classes)
     # the output cells named what they show (no IPython here: paths are printed)

@@ -16,7 +16,7 @@ from pipeline.common import UsageError
 from pipeline.images import find_classes, load_for_tokenizer, split_indices
 from pipeline.latents import list_shards, load_latents
 from pipeline.stats import format_recommendation, recommend
-from tests.helpers import Payload, free_port, make_tiny_vavae_checkpoint
+from tests.helpers import Payload, cli_error, free_port, make_tiny_vavae_checkpoint
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -192,7 +192,14 @@ def _cli(*argv):
     return subprocess.run([sys.executable, "stage1_extract_features.py", *argv], cwd=ROOT, capture_output=True, text=True)
 
 
-def test_bad_inputs_are_one_line_errors_with_exit_code_2(tmp_path, tokenizer_path):
+def _assert_one_line_error(code, stderr, argv, message):
+    assert code == 2, (argv, stderr)
+    assert message in stderr, (argv, stderr)
+    assert "Traceback" not in stderr
+    assert sum("error" in line for line in stderr.splitlines()) == 1  # one error line (argparse adds usage)
+
+
+def test_bad_inputs_are_one_line_errors_with_exit_code_2(tmp_path, tokenizer_path, capsys):
     (tmp_path / "empty").mkdir()
     (tmp_path / "noimg" / "a").mkdir(parents=True)
     (tmp_path / "noimg" / "a" / "x.txt").write_text("no")
@@ -206,6 +213,12 @@ def test_bad_inputs_are_one_line_errors_with_exit_code_2(tmp_path, tokenizer_pat
     trunc = tmp_path / "trunc.pt"
     trunc.write_bytes(tokenizer_path.read_bytes()[:1000])
     torch.save({"state_dict": {"encoder.conv_in.weight": torch.zeros(8, 3, 3, 3)}}, tmp_path / "arch.pt")
+    tail = ["--output_dir", str(tmp_path / "o"), "--num_workers", "0"]
+    # the real process, end to end: a refused hostile tokenizer is one error line and exit code 2, no traceback
+    argv = ["--data_dir", str(tmp_path / "good"), "--vavae_path", str(tmp_path / "evil.pt"), *tail]
+    r = _cli(*argv)
+    _assert_one_line_error(r.returncode, r.stderr, argv, "--trust_checkpoint")
+    # the rest in this process, through run_cli as the script calls it (each subprocess costs a torch import)
     cases = [
         (["--data_dir", str(tmp_path / "missing")], "no such folder"),
         (["--data_dir", str(tmp_path / "empty")], "no images"),
@@ -219,11 +232,8 @@ def test_bad_inputs_are_one_line_errors_with_exit_code_2(tmp_path, tokenizer_pat
         (["--data_dir", str(tmp_path / "good"), "--batch_size", "zero"], "positive integer"),
     ]
     for argv, message in cases:
-        r = _cli(*argv, "--output_dir", str(tmp_path / "o"), "--num_workers", "0")
-        assert r.returncode == 2, (argv, r.stderr)
-        assert message in r.stderr, (argv, r.stderr)
-        assert "Traceback" not in r.stderr
-        assert sum("error" in line for line in r.stderr.splitlines()) == 1  # one error line (argparse adds usage)
+        code, stderr = cli_error(stage1.main, [*argv, *tail], capsys)
+        _assert_one_line_error(code, stderr, argv, message)
     assert not marker.exists()
 
 

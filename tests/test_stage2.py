@@ -15,7 +15,7 @@ from pipeline.common import UsageError, pick_precision
 from pipeline.generate import denormalise, sample_latents
 from pipeline.inference import load_run
 from pipeline.checkpoint import CHECKPOINT_KEYS, FORMAT_VERSION, latest_checkpoint
-from tests.helpers import MEANS, free_port, make_latent_dir, stage2_args
+from tests.helpers import MEANS, cli_error, free_port, make_latent_dir, stage2_args
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -140,7 +140,7 @@ def test_two_process_gloo_ddp(tmp_path, latent_dir):
     assert r.returncode != 0 and "not divisible" in r.stderr
 
 
-def test_bad_inputs_exit_2(tmp_path, latent_dir):
+def test_bad_inputs_exit_2(tmp_path, latent_dir, capsys):
     wrong = tmp_path / "wrong"
     make_latent_dir(wrong, MEANS)
     torch.save({"mean": torch.zeros(1, 3, 1, 1), "std": torch.ones(1, 3, 1, 1)}, wrong / "latents_stats.pt")
@@ -151,6 +151,11 @@ def test_bad_inputs_exit_2(tmp_path, latent_dir):
     info = json.loads((future / "dataset.json").read_text())
     (future / "dataset.json").write_text(json.dumps(dict(info, schema_version=99)))
     stage2.main(stage2_args(latent_dir, tmp_path / "used", steps=2))
+    # the real process, end to end (through train(): run lock, data checks): exit code 2, no traceback
+    r = _run(*stage2_args(wrong, tmp_path / "o3"))
+    assert r.returncode == 2, r.stderr[-500:]
+    assert "3 channels" in r.stderr and "Traceback" not in r.stderr, r.stderr[-500:]
+    # the rest in this process, through run_cli as the script calls it (each subprocess costs a torch import)
     cases = [
         (stage2_args(tmp_path / "missing", tmp_path / "o1"), "no such folder"),
         (stage2_args(empty, tmp_path / "o2"), "dataset.json"),
@@ -165,10 +170,10 @@ def test_bad_inputs_exit_2(tmp_path, latent_dir):
         (stage2_args(latent_dir, tmp_path / "o9", "nokey=1"), "unknown key"),
     ]
     for argv, message in cases:
-        r = _run(*argv)
-        assert r.returncode == 2, (argv, r.stderr[-500:])
-        assert message in r.stderr, (message, r.stderr[-500:])
-        assert "Traceback" not in r.stderr
+        code, stderr = cli_error(stage2.main, argv, capsys)
+        assert code == 2, (argv, stderr[-500:])
+        assert message in stderr, (message, stderr[-500:])
+        assert "Traceback" not in stderr
 
 
 def test_single_class_trains_unconditionally(tmp_path):
