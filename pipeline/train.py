@@ -539,8 +539,8 @@ def setup_run(cfg, settings, rank, world, local_rank):
     latents = (data["latents"][train_mask].to(device) - mean) / std
     heldout = None
     if val_mask.any():
-        heldout = HeldoutSet(latents, (data["latents"][val_mask].to(device) - mean) / std, data["labels"][val_mask],
-                             len(classes))
+        heldout = HeldoutSet(latents, data["labels"][train_mask], (data["latents"][val_mask].to(device) - mean) / std,
+                             data["labels"][val_mask], len(classes))
     meta = dict(classes=classes, latent_shape=latent_shape, color_mode=manifest.get("color_mode", "rgb"),
                 stats={"mean": stats["mean"].cpu(), "std": stats["std"].cpu(), "source": stats_source},
                 image_size=manifest.get("image_size"), tokenizer=manifest.get("tokenizer", {}),
@@ -799,7 +799,7 @@ def choose_sampling(run):
                                                                     run.cfg["seed"], run.meta["latent_shape"],
                                                                     run.device, run.dtype), base)
     run.sampling = dict(cfg_scale=chosen["cfg_scale"], cfg_interval_start=chosen["cfg_interval_start"], step=best_step)
-    table = ", ".join(f"cfg {s['cfg_scale']:g}/{s['cfg_interval_start']:g}: {r['score']:.3g}" for s, r in tried)
+    table = ", ".join(f"cfg {s['cfg_scale']:g}/{s['cfg_interval_start']:g}: {r['guidance_score']:.3g}" for s, r in tried)
     run.log(f"sampling chosen on held-out data for best.pt (step {best_step}): cfg_scale {chosen['cfg_scale']:g}, "
             f"cfg_interval_start {chosen['cfg_interval_start']:g} (scores {table})")
     save_best(run.settings.output_dir, dict(best, sampling=run.sampling))

@@ -22,21 +22,27 @@ def _two_classes(n, shift, seed):
 # ---- the score -----------------------------------------------------------------------------------------
 
 def test_score_prefers_samples_from_the_heldout_distribution():
-    train, _ = _two_classes(40, 2.0, 0)
+    train, train_y = _two_classes(40, 2.0, 0)
     held, held_y = _two_classes(20, 2.0, 1)
     projection = fit_projection(latent_features(train))
     good, good_y = _two_classes(30, 2.0, 2)
     swapped = heldout_score(good, 1 - good_y, held, held_y, projection, 2)       # right images, wrong classes
     collapsed = heldout_score(good[:1].repeat(60, 1, 1, 1) + 0.01 * torch.randn(60, 4, 4, 4), good_y, held, held_y,
                               projection, 2)                                     # one mode only
-    right = heldout_score(good, good_y, held, held_y, projection, 2)
+    right = heldout_score(good, good_y, held, held_y, projection, 2, train=(train, train_y))
+    atypical_y = good_y.clone()
+    atypical_y[::3] = 1 - atypical_y[::3]             # a third of the samples look like the other class
+    atypical = heldout_score(good, atypical_y, held, held_y, projection, 2, train=(train, train_y))
     assert right["tstr"] >= 0.9 and swapped["tstr"] <= 0.1
+    # guidance is chosen with recognisability too: samples that do not look like their class count against it
+    assert right["recognised"] >= 0.9 and atypical["recognised"] < 0.75
+    assert right["guidance_score"] < atypical["guidance_score"]
     assert right["score"] < swapped["score"] and right["score"] < collapsed["score"]
     assert right["fd"] < collapsed["fd"]
 
 
-def test_tune_sampling_picks_the_lowest_score():
-    best, tried = tune_sampling(lambda s: dict(score=abs(s["cfg_scale"] - 1.5) + s["cfg_interval_start"]),
+def test_tune_sampling_picks_the_lowest_guidance_score():
+    best, tried = tune_sampling(lambda s: dict(guidance_score=abs(s["cfg_scale"] - 1.5) + s["cfg_interval_start"]),
                                 dict(num_steps=4, method="euler", cfg_scale=2.0, cfg_interval_start=0.0, timestep_shift=0))
     assert (best["cfg_scale"], best["cfg_interval_start"]) == (1.5, 0.0) and len(tried) == 9
 
