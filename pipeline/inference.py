@@ -221,7 +221,8 @@ def make_archive(out_dir, kind, files):
 
 
 def generate(job):
-    """Stage 3 end to end for `job` (GenerateSettings). Returns (the samples.json manifest, the tokenizer) on rank 0 (None elsewhere)."""
+    """Stage 3 end to end for `job` (GenerateSettings). Returns (the samples.json manifest, the tokenizer) on
+    rank 0, None on the other ranks."""
     rank, world, local_rank = init_distributed()
     try:
         return _generate(job, rank, world, local_rank)
@@ -292,23 +293,11 @@ def _generate(job, rank, world, local_rank):
         return None
 
     # ---- summary outputs (rank 0) ----------------------------------------------------------------
-    rows = [[os.path.join(job.output_dir, image_file(folders[classes[c]], k)) for k in range(min(8, job.num_per_class))]
-            for c in class_ids]
-    width, height = Image.open(rows[0][0]).size   # with --original_size, classes differ: show all at one size
-    rows = [[load_for_tokenizer(p, (height, width))[0] for p in row] for row in rows]
-    labelled_grid(rows, os.path.join(job.output_dir, "grid.png"), [classes[c] for c in class_ids],
-                  gray and not colormap, row_kinds=["generated"] * len(rows),
-                  title=f"stage 3: generated, first {len(rows[0])} per class")
+    write_grid(job.output_dir, [(classes[c], [image_file(folders[classes[c]], k) for k in range(min(8, job.num_per_class))])
+                                for c in class_ids], gray and not colormap)
     if job.save_latents:
         _merge_latents(partial_dir, os.path.join(job.output_dir, "latents.safetensors"))
-    # Every image of this dir (this run's and earlier runs' with the same settings), with its seed.
-    by_folder = {folders[n]: (c, n) for c, n in enumerate(classes)}
-    images = {}
-    for rel in files:
-        folder = os.path.dirname(rel)
-        c, name = by_folder[folder]
-        k = int(os.path.splitext(os.path.basename(rel))[0].rsplit("_", 1)[1])
-        images.setdefault(name, []).append(dict(file=rel, seed=image_seed(job.seed, c, k)))
+    images = images_by_class(files, classes, folders, job.seed)
     manifest = dict(settings=settings, checkpoint=os.path.abspath(ckpt_path), checkpoint_picked=picked,
                     files=files, complete=True, latent_dir=ckpt["latent_dir"],
                     classes={n: dict(label=classes.index(n), folder=folders[n], count=len(v)) for n, v in images.items()},
@@ -318,6 +307,27 @@ def _generate(job, rank, world, local_rank):
         manifest["archive"] = os.path.basename(make_archive(job.output_dir, job.archive, files))
     write_json_atomic(os.path.join(job.output_dir, "samples.json"), manifest)
     return manifest, tokenizer
+
+
+def write_grid(out_dir, rows, gray):
+    """grid.png: one labelled row per class; rows = [(class name, [image file relative to out_dir])]. With
+    --original_size classes differ in size: all are shown at the size of the first image."""
+    width, height = Image.open(os.path.join(out_dir, rows[0][1][0])).size
+    images = [[load_for_tokenizer(os.path.join(out_dir, rel), (height, width))[0] for rel in files] for _, files in rows]
+    labelled_grid(images, os.path.join(out_dir, "grid.png"), [name for name, _ in rows], gray,
+                  row_kinds=["generated"] * len(rows), title=f"stage 3: generated, first {len(images[0])} per class")
+
+
+def images_by_class(files, classes, folders, seed):
+    """samples.json's `images`: {class name: [{file, seed}]} for every image file of the output dir (this
+    run's and earlier runs' with the same settings); the image index k is the number in the file name."""
+    by_folder = {folders[n]: (c, n) for c, n in enumerate(classes)}
+    images = {}
+    for rel in files:
+        c, name = by_folder[os.path.dirname(rel)]
+        k = int(os.path.splitext(os.path.basename(rel))[0].rsplit("_", 1)[1])
+        images.setdefault(name, []).append(dict(file=rel, seed=image_seed(seed, c, k)))
+    return images
 
 
 def sampling_settings(ckpt, job):
