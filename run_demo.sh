@@ -5,7 +5,13 @@ set -euo pipefail
 cd "$(dirname "$0")"
 OUT=${OUT:-demo_output}
 PY=${PYTHON:-$(command -v python || command -v python3)}
+# Start from an empty output dir, but only ever delete a dir this demo made (it holds the marker file).
+if [ -e "$OUT" ] && [ ! -f "$OUT/.microdoppler_demo_output" ]; then
+    echo "error: OUT=$OUT exists and was not made by this demo; choose another OUT or remove it yourself" >&2
+    exit 2
+fi
 rm -rf "$OUT"
+mkdir -p "$OUT" && touch "$OUT/.microdoppler_demo_output"
 echo "== 1/4 simulate 5 activities x 60 spectrograms (a small data set, as real measured ones are)"
 $PY -m pipeline.simulate --out "$OUT/data" --per_class 60 --size 128 --seed 0
 echo "== 2/4 stage 1: encode with the demo tokenizer"

@@ -224,3 +224,15 @@ def test_10_messages_and_samples_json_name_what_exists(tmp_path, latent_dir, run
     samples = json.loads((tmp_path / "gen" / "samples.json").read_text())
     ckpt = torch.load(samples["checkpoint"], weights_only=True)
     assert samples["settings"]["step"] == ckpt["step"] and len(samples["settings"]["weights_sha1"]) == 16
+
+
+def test_run_demo_never_deletes_a_folder_it_did_not_make(tmp_path):
+    """run_demo.sh starts from an empty OUT, but a folder without its marker (someone's data) is refused."""
+    import subprocess
+    precious = tmp_path / "mine"
+    precious.mkdir()
+    (precious / "notes.txt").write_text("keep me")
+    r = subprocess.run(["bash", "run_demo.sh"], cwd=os.path.dirname(os.path.dirname(os.path.abspath(__file__))),
+                       env=dict(os.environ, OUT=str(precious)), capture_output=True, text=True, timeout=60)
+    assert r.returncode == 2 and "was not made by this demo" in r.stderr
+    assert (precious / "notes.txt").read_text() == "keep me"
