@@ -96,15 +96,14 @@ def _lfs_sha256(etag):
 
 
 def _keep_present(dest, expected):
-    """True when `dest` holds the expected bytes. A file that does not is removed: it carries the
-    release's name, so the pipeline would load it as the weights."""
+    """True when `dest` holds the expected bytes. Other bytes under the release's name were not put there
+    by this module (it places verified files only): they are left alone and named in a one-line error."""
     got = file_sha256(dest)
-    if got == expected:
-        print(f"{dest}: present, SHA-256 verified")
-        return True
-    os.unlink(dest)
-    print(f"{dest}: SHA-256 {got} is not the released file's ({expected}); removed, fetching it again")
-    return False
+    if got != expected:
+        raise UsageError(f"{dest}: SHA-256 {got} is not the released file's ({expected}); it was not downloaded "
+                         f"by this script and is left as it is: move or delete it, then run again")
+    print(f"{dest}: present, SHA-256 verified")
+    return True
 
 
 def _drop_from_cache(path):
@@ -131,10 +130,9 @@ def download(repo_id, filename, dest, sha256=None, revision=REVISION):
     """Put `filename` of the Hub repository `repo_id` at `dest`, verified by SHA-256, and return `dest`.
 
     The expected hash is `sha256`, else the pinned one, else the LFS SHA-256 the server announces. A file
-    already at `dest` with the pinned hash is kept without any request; one with another hash is
-    replaced. Failures (offline, HTTP errors, a hash mismatch) raise a one-line UsageError."""
-    pinned = sha256 or PINNED_SHA256.get(filename)
-    expected = pinned
+    already at `dest` with the pinned hash is kept without any request; one with another hash is refused
+    and left untouched. Failures (offline, HTTP errors, a hash mismatch) raise a one-line UsageError."""
+    expected = pinned = sha256 or PINNED_SHA256.get(filename)
     if expected and os.path.isfile(dest) and _keep_present(dest, expected):
         return dest
     hub = _hub()

@@ -143,13 +143,16 @@ def test_present_verified_file_is_kept_without_request(hub, tmp_path, capsys):
     assert Hub.log == [] and capsys.readouterr().out.count("present, SHA-256 verified") == 2
 
 
-def test_present_file_with_other_bytes_is_replaced(hub, tmp_path):
+def test_present_file_with_other_bytes_is_refused_and_left_alone(hub, tmp_path, capsys):
+    """The script only ever places verified files: other bytes under the release's name are someone else's."""
     url, files = hub
     dest = tmp_path / "pretrained"
     dest.mkdir()
     (dest / STATS_FILE).write_bytes(b"truncated")
-    dl.main(["--dest", str(dest), "--only", "stats"])
-    assert (dest / STATS_FILE).read_bytes() == files[STATS_REPO, STATS_FILE]
+    with pytest.raises(SystemExit) as stop:
+        dl.main(["--dest", str(dest), "--only", "stats"])
+    assert stop.value.code == 2 and "move or delete it" in error_line(capsys)
+    assert (dest / STATS_FILE).read_bytes() == b"truncated" and Hub.log == []
 
 
 def test_wrong_pinned_hash_is_refused(hub, tmp_path, monkeypatch, capsys):
