@@ -7,7 +7,7 @@ with this data's latent statistics, a stats recommendation and a reconstruction 
 
 import argparse
 
-from pipeline.cli import ShowDefaults, fraction, nonnegative_int, positive_int
+from pipeline.cli import ShowDefaults, fraction, nonnegative_int, positive_int, settings_defaults
 from pipeline.common import run_cli
 from pipeline.extract import ExtractSettings, run
 from pipeline.figure_trim import parse_trim
@@ -56,7 +56,7 @@ def parse_args(argv=None):
     p.add_argument("--strict", action="store_true", help="stop at the first unreadable image instead of skipping it")
     p.add_argument("--trust_checkpoint", action="store_true",
                    help="allow a tokenizer file that needs arbitrary code to unpickle (only for sources you trust)")
-    p.set_defaults(**ExtractSettings.defaults())
+    p.set_defaults(**settings_defaults(ExtractSettings))
     return p.parse_args(argv)
 
 

@@ -7,7 +7,8 @@ Stage 3: generate spectrograms per class from a trained run (checkpoint file or 
 import argparse
 import os
 
-from pipeline.cli import ShowDefaults, fraction, nonnegative_float, nonnegative_int, positive_int
+from pipeline.cli import (ShowDefaults, fraction, nonnegative_float, nonnegative_int, positive_int,
+                          settings_defaults)
 from pipeline.common import run_cli
 from pipeline.inference import PRESETS, GenerateSettings, generate
 
@@ -44,7 +45,7 @@ def parse_args(argv=None):
     p.add_argument("--device")
     p.add_argument("--trust_checkpoint", action="store_true",
                    help="allow checkpoint files that need arbitrary code to unpickle (only for sources you trust)")
-    p.set_defaults(**GenerateSettings.defaults())
+    p.set_defaults(**settings_defaults(GenerateSettings))
     return p.parse_args(argv)
 
 

@@ -206,14 +206,8 @@ def show(*paths, width=900):
         if inline:
             display(Image(filename=path, width=width))
 
-def checkpoint_step(run_dir):
-    """The step of the run's newest checkpoint (checkpoints/latest), or None."""
-    pointer = os.path.join(run_dir, "checkpoints", "latest")
-    if not os.path.isfile(pointer):
-        return None
-    with open(pointer) as f:
-        digits = re.findall(r"\d+", f.read())
-    return int(digits[-1]) if digits else None
+sys.path.insert(0, REPO_DIR)   # the project's own reader of a run's checkpoints
+from pipeline.checkpoint import latest_step as checkpoint_step   # step of checkpoints/latest, or None
 
 def hours_left():
     """Hours left for training in this session (SESSION_HOURS - RESERVE_HOURS - time since the first cell)."""

@@ -89,6 +89,12 @@ def latest_checkpoint(run_dir):
     return files[-1] if files else None
 
 
+def latest_step(run_dir):
+    """The training step of the run's latest checkpoint (its file name is the step), or None."""
+    path = latest_checkpoint(run_dir)
+    return int(os.path.basename(path)[:-len(".pt")]) if path else None
+
+
 def best_checkpoint(run_dir):
     path = os.path.join(run_dir, "checkpoints", "best.pt")
     return path if os.path.isfile(path) else None

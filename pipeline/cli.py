@@ -1,6 +1,7 @@
 """argparse types that turn bad values into argparse-style errors (exit code 2, usage line), never tracebacks."""
 
 import argparse
+import dataclasses
 import re
 
 
@@ -54,3 +55,9 @@ class ShowDefaults(argparse.HelpFormatter):
         if action.default not in (None, False, argparse.SUPPRESS) and "%(default)" not in text:
             text += " (default: %(default)s)"
         return text
+
+
+def settings_defaults(settings_class):
+    """{field: default} of a stage's settings dataclass, for ArgumentParser.set_defaults: the defaults are
+    written once, in the dataclass (fields without a default are required flags)."""
+    return {f.name: f.default for f in dataclasses.fields(settings_class) if f.default is not dataclasses.MISSING}

@@ -16,7 +16,7 @@ import json
 import os
 import time
 from collections import Counter
-from dataclasses import dataclass, fields
+from dataclasses import dataclass
 from typing import Optional
 
 import torch
@@ -61,11 +61,6 @@ class ExtractSettings:
     overwrite: bool = False
     strict: bool = False
     trust_checkpoint: bool = False
-
-    @classmethod
-    def defaults(cls):
-        """{flag name: default} for the command line, so the defaults are written once, here."""
-        return {f.name: f.default for f in fields(cls) if f.name != "data_dir"}
 
 
 OUTPUT_FILES = ("latents_stats.pt", "latents_stats_imagenet.pt", "stats_recommendation.txt", "stats_report.json",

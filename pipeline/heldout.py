@@ -92,15 +92,15 @@ def nearest_mean_accuracy(train_x, train_y, test_x, test_y, num_classes):
 
 def heldout_score(gen, gen_labels, heldout, heldout_labels, projection, num_classes, train=None):
     """dict(score, fd, tstr) of generated latents against held-out latents (both normalised, (N, C, h, w));
-    with `train` = (training latents, their labels) also `recognised` and `guidance_score`."""
+    with `train` = (projected features of the training latents, their labels) also `recognised` and
+    `guidance_score`."""
     g = project(latent_features(gen), projection)
     r = project(latent_features(heldout), projection)
     fd = frechet_distance(g, r)
     tstr = nearest_mean_accuracy(g, gen_labels.cpu(), r, heldout_labels.cpu(), num_classes)
     result = dict(score=fd * (2.0 - tstr), fd=fd, tstr=tstr)
     if train is not None:
-        t = project(latent_features(train[0]), projection)
-        recognised = nearest_mean_accuracy(t, train[1].cpu(), g, gen_labels.cpu(), num_classes)
+        recognised = nearest_mean_accuracy(train[0], train[1].cpu(), g, gen_labels.cpu(), num_classes)
         result.update(recognised=recognised, guidance_score=result["score"] * (2.0 - recognised))
     return result
 
@@ -115,9 +115,10 @@ class HeldoutSet:
     def __init__(self, train_latents, train_labels, heldout_latents, heldout_labels, num_classes):
         self.latents = heldout_latents.cpu()
         self.labels = heldout_labels.cpu()
-        self.train = (train_latents.cpu(), train_labels.cpu())
         self.num_classes = num_classes
-        self.projection = fit_projection(latent_features(self.train[0]))
+        features = latent_features(train_latents.cpu())
+        self.projection = fit_projection(features)
+        self.train = (project(features, self.projection), train_labels.cpu())   # features computed once
 
     def score_model(self, model, sampling, per_class, seed, latent_shape, device, dtype=None, batch_size=256):
         """Sample `per_class` latents per class with fixed seeds and score them against the held-out set."""

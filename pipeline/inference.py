@@ -15,7 +15,7 @@ import shutil
 import tarfile
 import time
 import zipfile
-from dataclasses import dataclass, fields
+from dataclasses import dataclass
 from typing import Optional, Tuple
 
 import torch
@@ -67,11 +67,6 @@ class GenerateSettings:
     eval: bool = False
     device: str = "auto"
     trust_checkpoint: bool = False
-
-    @classmethod
-    def defaults(cls):
-        """{flag name: default} for the command line, so the defaults are written once, here."""
-        return {f.name: f.default for f in fields(cls)}
 
 
 def resolve_checkpoint(path, pick="best", runs_root="runs"):

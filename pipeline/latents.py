@@ -35,6 +35,8 @@ def write_record(latent_dir, name, record):
     """Atomically write record `name` (DATASET_FILE or EXTRACTION_FILE) with the schema version and an
     absolute `data_dir` (top level and in `settings`)."""
     record = dict(record, schema_version=SCHEMA_VERSION)
+    if isinstance(record.get("settings"), dict):
+        record["settings"] = dict(record["settings"])      # the caller's dicts stay as they are
     for holder in (record, record.get("settings")):
         if isinstance(holder, dict) and holder.get("data_dir"):
             holder["data_dir"] = os.path.abspath(holder["data_dir"])

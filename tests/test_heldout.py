@@ -7,7 +7,7 @@ import torch
 
 import stage2_train_dit as stage2
 from pipeline.checkpoint import latest_checkpoint
-from pipeline.heldout import HeldoutSet, heldout_score, fit_projection, latent_features, tune_sampling
+from pipeline.heldout import HeldoutSet, heldout_score, fit_projection, latent_features, project, tune_sampling
 from pipeline.train import batch_indices, resolve_max_steps, time_shift, update_monitor, new_monitor
 from tests.helpers import stage2_args
 
@@ -25,14 +25,15 @@ def test_score_prefers_samples_from_the_heldout_distribution():
     train, train_y = _two_classes(40, 2.0, 0)
     held, held_y = _two_classes(20, 2.0, 1)
     projection = fit_projection(latent_features(train))
+    train_features = project(latent_features(train), projection)
     good, good_y = _two_classes(30, 2.0, 2)
     swapped = heldout_score(good, 1 - good_y, held, held_y, projection, 2)       # right images, wrong classes
     collapsed = heldout_score(good[:1].repeat(60, 1, 1, 1) + 0.01 * torch.randn(60, 4, 4, 4), good_y, held, held_y,
                               projection, 2)                                     # one mode only
-    right = heldout_score(good, good_y, held, held_y, projection, 2, train=(train, train_y))
+    right = heldout_score(good, good_y, held, held_y, projection, 2, train=(train_features, train_y))
     atypical_y = good_y.clone()
     atypical_y[::3] = 1 - atypical_y[::3]             # a third of the samples look like the other class
-    atypical = heldout_score(good, atypical_y, held, held_y, projection, 2, train=(train, train_y))
+    atypical = heldout_score(good, atypical_y, held, held_y, projection, 2, train=(train_features, train_y))
     assert right["tstr"] >= 0.9 and swapped["tstr"] <= 0.1
     # guidance is chosen with recognisability too: samples that do not look like their class count against it
     assert right["recognised"] >= 0.9 and atypical["recognised"] < 0.75
