@@ -36,6 +36,7 @@ class ModelConfig:
 @dataclass
 class DataConfig:
     stats: str = "auto"                 # auto | micro_doppler | imagenet (auto follows stats_recommendation.txt)
+    std_pooling: str = "auto"           # auto | per_channel | pooled (auto: pooled for the DCT demo tokenizer)
     time_shift: float = 0.0             # augmentation: max circular shift along time, fraction of the width
 
 
@@ -114,7 +115,8 @@ RANGES = {
     "sample.num_steps": POSITIVE, "sample.cfg_scale": (0.0, 100.0), "sample.cfg_interval_start": (0.0, 0.999),
     "sample.timestep_shift": (0.0, 100.0), "seed": (0, 2 ** 31 - 1),
 }
-CHOICES = {"data.stats": ("auto", "micro_doppler", "imagenet"), "train.precision": ("auto", "fp32", "fp16", "bf16"),
+CHOICES = {"data.stats": ("auto", "micro_doppler", "imagenet"), "data.std_pooling": ("auto", "per_channel", "pooled"),
+           "train.precision": ("auto", "fp32", "fp16", "bf16"),
            "sample.method": ("euler", "heun")}
 # Keys that may change when a run is resumed (everything else must match the run being continued).
 RESUMABLE_KEYS = ("train.max_steps", "train.max_steps_cap", "train.time_budget", "train.compile", "train.precision",

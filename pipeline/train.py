@@ -42,10 +42,10 @@ from pipeline.common import (UsageError, autocast, cleanup_distributed, init_dis
                              pick_precision, run_lock, write_text_atomic)
 from pipeline.config import config_differences, save_config
 from pipeline.generate import decode_latents, denormalise, image_seed, latent_maps, sample_latents
-from pipeline.heldout import HeldoutSet, tune_sampling
+from pipeline.heldout import RECOGNISED_MARGIN, HeldoutSet, tune_sampling
 from pipeline.latents import load_latents, read_dataset
 from pipeline.plot import labelled_grid, loss_plot
-from pipeline.stats import load_stats, read_recommendation
+from pipeline.stats import load_stats, pooled_std, read_recommendation, resolve_std_pooling
 
 VALIDATION_T = (0.1, 0.3, 0.5, 0.7, 0.9)
 
@@ -535,6 +535,10 @@ def setup_run(cfg, settings, rank, world, local_rank):
         stats, stats_source = {"mean": ckpt["stats"]["mean"], "std": ckpt["stats"]["std"]}, ckpt["stats"]["source"]
     else:
         stats, stats_source = choose_stats(settings.latent_dir, cfg["data"]["stats"], latent_shape[0], init_stats)
+        pooling = resolve_std_pooling(cfg["data"]["std_pooling"],
+                                      manifest.get("tokenizer", {}).get("architecture", {}).get("kind"))
+        if pooling == "pooled" and init_stats is None:     # a fine-tuned model keeps the stats it learnt with
+            stats, stats_source = pooled_std(stats), f"{stats_source}, std pooled over channels"
     mean, std = stats["mean"].to(device), stats["std"].to(device)
     latents = (data["latents"][train_mask].to(device) - mean) / std
     heldout = None
@@ -799,7 +803,8 @@ def choose_sampling(run):
                                                                     run.cfg["seed"], run.meta["latent_shape"],
                                                                     run.device, run.dtype), base)
     run.sampling = dict(cfg_scale=chosen["cfg_scale"], cfg_interval_start=chosen["cfg_interval_start"], step=best_step)
-    table = ", ".join(f"cfg {s['cfg_scale']:g}/{s['cfg_interval_start']:g}: {r['guidance_score']:.3g}" for s, r in tried)
+    table = ", ".join(f"cfg {s['cfg_scale']:g}/{s['cfg_interval_start']:g}: {r['recognised']:.2f}" for s, r in tried)
     run.log(f"sampling chosen on held-out data for best.pt (step {best_step}): cfg_scale {chosen['cfg_scale']:g}, "
-            f"cfg_interval_start {chosen['cfg_interval_start']:g} (scores {table})")
+            f"cfg_interval_start {chosen['cfg_interval_start']:g}, the weakest guidance recognised within "
+            f"{RECOGNISED_MARGIN:g} of the best (share of samples recognised as their class: {table})")
     save_best(run.settings.output_dir, dict(best, sampling=run.sampling))

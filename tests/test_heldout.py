@@ -7,7 +7,8 @@ import torch
 
 import stage2_train_dit as stage2
 from pipeline.checkpoint import latest_checkpoint
-from pipeline.heldout import HeldoutSet, heldout_score, fit_projection, latent_features, project, tune_sampling
+from pipeline.heldout import (GUIDANCE_GRID, HeldoutSet, heldout_score, fit_projection, guidance_strength,
+                              latent_features, project, tune_sampling)
 from pipeline.train import batch_indices, resolve_max_steps, time_shift, update_monitor, new_monitor
 from tests.helpers import stage2_args
 
@@ -37,15 +38,26 @@ def test_score_prefers_samples_from_the_heldout_distribution():
     assert right["tstr"] >= 0.9 and swapped["tstr"] <= 0.1
     # guidance is chosen with recognisability too: samples that do not look like their class count against it
     assert right["recognised"] >= 0.9 and atypical["recognised"] < 0.75
-    assert right["guidance_score"] < atypical["guidance_score"]
     assert right["score"] < swapped["score"] and right["score"] < collapsed["score"]
     assert right["fd"] < collapsed["fd"]
 
 
-def test_tune_sampling_picks_the_lowest_guidance_score():
-    best, tried = tune_sampling(lambda s: dict(guidance_score=abs(s["cfg_scale"] - 1.5) + s["cfg_interval_start"]),
-                                dict(num_steps=4, method="euler", cfg_scale=2.0, cfg_interval_start=0.0, timestep_shift=0))
-    assert (best["cfg_scale"], best["cfg_interval_start"]) == (1.5, 0.0) and len(tried) == 9
+def test_tune_sampling_picks_the_weakest_guidance_that_is_recognised_nearly_as_often_as_the_best():
+    base = dict(num_steps=4, method="euler", cfg_scale=2.0, cfg_interval_start=0.0, timestep_shift=0)
+
+    def saturating(s):   # recognisability rises with guidance strength and saturates at 0.72; fd grows with it
+        strength = guidance_strength(s)
+        return dict(recognised=min(0.72, 0.3 + 0.2 * strength), score=1.0 + strength)
+
+    best, tried = tune_sampling(saturating, base)
+    assert len(tried) == len(GUIDANCE_GRID)
+    # within the margin of 0.72 from strength 1.85 on: the weakest such grid setting is cfg 3 on the whole path
+    # (strength 2, recognised 0.7), not cfg 4 from t = 0.3 (2.1) nor the fully saturated cfg 4, 5 or 6
+    assert (best["cfg_scale"], best["cfg_interval_start"]) == (3.0, 0.0)
+    flat, _ = tune_sampling(lambda s: dict(recognised=0.5, score=abs(s["cfg_scale"] - 1.5)), base)
+    assert flat["cfg_scale"] == 1.0      # guidance that recognises nothing more is not used
+    spiky, _ = tune_sampling(lambda s: dict(recognised=1.0 if s["cfg_scale"] == 6.0 else 0.5, score=0.0), base)
+    assert spiky["cfg_scale"] == 6.0     # only the strongest setting is recognised: it is chosen
 
 
 def test_update_monitor_marks_the_turn_once():
