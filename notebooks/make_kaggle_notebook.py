@@ -425,11 +425,12 @@ held-out ones; `memorisation_fraction` should be near 0. Every PNG stage 3 wrote
 code("outputs", r'''
 with open(os.path.join(GEN_DIR, "eval.json")) as f:
     EVAL = json.load(f)
-for key in ("real_accuracy", "generated_accuracy", "reconstruction_accuracy", "tstr_accuracy", "real_only_accuracy",
-            "augmented_accuracy", "precision", "recall", "memorisation_fraction", "fd_classifier", "fd_latent"):
+for key in ("real_accuracy", "generated_accuracy", "reconstruction_accuracy", "tstr_accuracy",
+            "reconstruction_tstr_accuracy", "real_only_accuracy", "augmented_accuracy", "precision", "recall",
+            "memorisation_fraction", "fd_classifier", "fd_latent"):
     if key in EVAL:
         value = EVAL[key]
-        print(f"{key:26s} {value:.3f}" if isinstance(value, (int, float)) else f"{key:26s} {value}")
+        print(f"{key:28s} {value:.3f}" if isinstance(value, (int, float)) else f"{key:28s} {value}")
 print("generated_accuracy per class:",
       {c: v.get("generated_accuracy") for c, v in sorted(EVAL.get("per_class", {}).items())})
 pngs = sorted(glob.glob(os.path.join(GEN_DIR, "*.png")), key=lambda p: (os.path.basename(p) != "grid.png", p))

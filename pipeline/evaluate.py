@@ -316,8 +316,10 @@ def latent_features(tokenizer, x, size=128, chunk=32):
 @torch.no_grad()
 def reconstruct(tokenizer, x, gray, size=128, chunk=32):
     """Encode-decode round trip of images (N, 3, 64, 64) in [0, 1] through the tokenizer at `size`, back at
-    64x64 in [0, 1] (channel mean when the run is gray). What the classifier makes of these is the ceiling of
-    generated_accuracy: no diffusion model can give the decoder better latents than the real images' own."""
+    64x64 in [0, 1] (channel mean when the run is gray). A generator that reproduced the real latent
+    distribution exactly would give images like these, so the classifiers' results on them are the
+    tokenizer's reference for generated_accuracy and tstr_accuracy (guided samples, more class-typical than
+    real ones, can exceed it)."""
     device = next(itertools.chain(tokenizer.parameters(), tokenizer.buffers())).device
     out = []
     for part in x.split(chunk):
@@ -381,8 +383,11 @@ def evaluate(real, generated, out, seed=0, vavae_path=None, tokenizer=None, colo
         z_held, z_gen = latent_features(tokenizer, x_held), latent_features(tokenizer, x_gen)
         result["fd_latent"] = frechet_distance(z_held, z_gen)
         result["precision_latent"], result["recall_latent"] = knn_precision_recall(z_held, z_gen)
-        rec = reconstruct(tokenizer, x_held, gray=prep["color_mode"] == "gray")
-        result["reconstruction_accuracy"] = accuracy(predict(clf, rec)[0], y_held)
+        gray = prep["color_mode"] == "gray"
+        result["reconstruction_accuracy"] = accuracy(predict(clf, reconstruct(tokenizer, x_held, gray))[0], y_held)
+        # tstr of a perfect latent generator: a classifier trained on the training images' own round trips
+        rec_clf = train_classifier(reconstruct(tokenizer, x_train, gray), y_train, k, seed)
+        result["reconstruction_tstr_accuracy"] = accuracy(predict(rec_clf, x_held)[0], y_held)
     for c, name in enumerate(names):
         held, gen = y_held == c, y_gen == c
         p_c, r_c = knn_precision_recall(f_held[held], f_gen[gen])

@@ -140,7 +140,8 @@ def loss_plot(path, train, heldout_loss=None, heldout_score=None, best_step=None
 EVAL_ROWS = [
     ("generated_accuracy\nvs real_accuracy", [("generated_accuracy", "generated"), ("real_accuracy", "real"),
                                               ("reconstruction_accuracy", "reconstructed")]),
-    ("tstr_accuracy\nvs real_only_accuracy", [("tstr_accuracy", "generated"), ("real_only_accuracy", "real")]),
+    ("tstr_accuracy\nvs real_only_accuracy", [("tstr_accuracy", "generated"), ("real_only_accuracy", "real"),
+                                              ("reconstruction_tstr_accuracy", "reconstructed")]),
     ("augmented_accuracy\nvs real_only_accuracy", [("augmented_accuracy", "generated"),
                                                    ("real_only_accuracy", "real")]),
     ("precision, recall\n(classifier features)", [("precision", "generated"), ("recall", "generated")]),
@@ -149,7 +150,7 @@ EVAL_ROWS = [
     ("memorisation_fraction\n(lower is better)", [("memorisation_fraction", "generated")]),
 ]
 ROLE_LEGEND = {"generated": "generated images", "real": "real reference (held-out real)",
-               "reconstructed": "tokenizer ceiling (real, encoded and decoded)"}
+               "reconstructed": "tokenizer reference (real images, encoded and decoded)"}
 
 
 def eval_plot(result, path):
