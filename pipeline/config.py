@@ -36,7 +36,7 @@ class ModelConfig:
 @dataclass
 class DataConfig:
     stats: str = "auto"                 # auto | micro_doppler | imagenet (auto follows stats_recommendation.txt)
-    std_pooling: str = "auto"           # auto | per_channel | pooled (auto: pooled for the DCT demo tokenizer)
+    std_pooling: str = "per_channel"    # per_channel | pooled: one std for all channels (see stats.pooled_std)
     time_shift: float = 0.0             # augmentation: max circular shift along time, fraction of the width
 
 
@@ -115,7 +115,7 @@ RANGES = {
     "sample.num_steps": POSITIVE, "sample.cfg_scale": (0.0, 100.0), "sample.cfg_interval_start": (0.0, 0.999),
     "sample.timestep_shift": (0.0, 100.0), "seed": (0, 2 ** 31 - 1),
 }
-CHOICES = {"data.stats": ("auto", "micro_doppler", "imagenet"), "data.std_pooling": ("auto", "per_channel", "pooled"),
+CHOICES = {"data.stats": ("auto", "micro_doppler", "imagenet"), "data.std_pooling": ("per_channel", "pooled"),
            "train.precision": ("auto", "fp32", "fp16", "bf16"),
            "sample.method": ("euler", "heun")}
 # Keys that may change when a run is resumed (everything else must match the run being continued).

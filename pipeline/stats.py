@@ -50,20 +50,15 @@ def load_stats(path, channels=None, what="stats file"):
 
 def pooled_std(stats):
     """The same stats with one std for every channel, the root mean square of the channel stds: normalising
-    then keeps the channels' relative scale. (1, C, 1, 1) -> (1, C, 1, 1)."""
+    then keeps the channels' relative scale (stage 2 `data.std_pooling=pooled`). (1, C, 1, 1) -> (1, C, 1, 1).
+
+    Meant for the offline demo tokenizer, whose channels are the DCT coefficients of 16x16 blocks with stds
+    from ~7 (block mean) down to ~0.1 (fine detail): unit variance per channel gives the fine detail as much
+    loss as the block means, whose errors show as 16-pixel seams. Measured on the quality benchmark
+    (bench/RESULTS.md): better on one simulated set, worse on the other, even on the measured set; so it
+    is not the default."""
     std = stats["std"].pow(2).mean().sqrt().expand_as(stats["std"]).clone()
     return dict(stats, std=std)
-
-
-def resolve_std_pooling(requested, tokenizer_kind):
-    """per_channel | pooled. auto: pooled for the DCT demo tokenizer, per_channel (the reference's
-    normalisation) for the VA-VAE. The demo tokenizer's channels are the 32 lowest DCT coefficients of each
-    16x16 block, with stds from ~7 (the block mean) down to ~0.1: unit variance per channel gives those
-    invisible high frequencies as much loss as the block means, and the model's errors in the block means
-    show up as 16-pixel seams (bench/RESULTS.md). The VA-VAE's channels have comparable scales."""
-    if requested != "auto":
-        return requested
-    return "pooled" if tokenizer_kind == "dct_demo" else "per_channel"
 
 
 def normalised_moments(data_stats, ref_stats):

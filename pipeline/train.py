@@ -45,7 +45,7 @@ from pipeline.generate import decode_latents, denormalise, image_seed, latent_ma
 from pipeline.heldout import RECOGNISED_MARGIN, HeldoutSet, tune_sampling
 from pipeline.latents import load_latents, read_dataset
 from pipeline.plot import labelled_grid, loss_plot
-from pipeline.stats import load_stats, pooled_std, read_recommendation, resolve_std_pooling
+from pipeline.stats import load_stats, pooled_std, read_recommendation
 
 VALIDATION_T = (0.1, 0.3, 0.5, 0.7, 0.9)
 
@@ -535,9 +535,7 @@ def setup_run(cfg, settings, rank, world, local_rank):
         stats, stats_source = {"mean": ckpt["stats"]["mean"], "std": ckpt["stats"]["std"]}, ckpt["stats"]["source"]
     else:
         stats, stats_source = choose_stats(settings.latent_dir, cfg["data"]["stats"], latent_shape[0], init_stats)
-        pooling = resolve_std_pooling(cfg["data"]["std_pooling"],
-                                      manifest.get("tokenizer", {}).get("architecture", {}).get("kind"))
-        if pooling == "pooled" and init_stats is None:     # a fine-tuned model keeps the stats it learnt with
+        if cfg["data"]["std_pooling"] == "pooled" and init_stats is None:   # fine-tuning keeps the model's stats
             stats, stats_source = pooled_std(stats), f"{stats_source}, std pooled over channels"
     mean, std = stats["mean"].to(device), stats["std"].to(device)
     latents = (data["latents"][train_mask].to(device) - mean) / std

@@ -14,8 +14,7 @@ import stage2_train_dit as stage2
 from pipeline.common import UsageError, pick_precision
 from pipeline.generate import denormalise, sample_latents
 from pipeline.inference import load_run
-from pipeline.latents import DATASET_FILE, read_record, write_record
-from pipeline.stats import load_stats, pooled_std, resolve_std_pooling
+from pipeline.stats import load_stats, pooled_std
 from pipeline.checkpoint import CHECKPOINT_KEYS, FORMAT_VERSION, latest_checkpoint
 from tests.helpers import MEANS, cli_error, free_port, make_latent_dir, stage2_args
 
@@ -96,28 +95,20 @@ def test_precision_selection(monkeypatch):
 
 
 
-def test_std_pooling_rule_and_values():
+def test_pooled_std_keeps_means_and_gives_every_channel_the_rms_std(tmp_path, latent_dir, capsys):
     stats = {"mean": torch.tensor([1.0, 2.0]).reshape(1, 2, 1, 1), "std": torch.tensor([3.0, 4.0]).reshape(1, 2, 1, 1)}
     pooled = pooled_std(stats)
     assert torch.equal(pooled["mean"], stats["mean"]) and torch.allclose(pooled["std"].flatten(), torch.tensor([12.5 ** 0.5] * 2))
     assert stats["std"].flatten().tolist() == [3.0, 4.0]          # the caller's stats are not changed
-    assert resolve_std_pooling("auto", "dct_demo") == "pooled"
-    assert resolve_std_pooling("auto", None) == "per_channel"      # the VA-VAE (no kind) keeps the reference's
-    assert resolve_std_pooling("per_channel", "dct_demo") == "per_channel"
-
-
-def test_demo_tokenizer_latents_are_normalised_with_one_std_unless_asked(tmp_path, latent_dir, capsys):
-    record = read_record(latent_dir, DATASET_FILE)
-    record["tokenizer"] = dict(record["tokenizer"], architecture=dict(kind="dct_demo"))
-    write_record(latent_dir, DATASET_FILE, record)
     own = load_stats(os.path.join(latent_dir, "latents_stats.pt"))
-    stage2.main(stage2_args(latent_dir, tmp_path / "auto", steps=2))
+    stage2.main(stage2_args(latent_dir, tmp_path / "pooled", "data.std_pooling=pooled", steps=2))
     assert "stats: micro_doppler, std pooled over channels" in capsys.readouterr().out
-    stage2.main(stage2_args(latent_dir, tmp_path / "per_channel", "data.std_pooling=per_channel", steps=2))
-    auto, per_channel = _weights(tmp_path / "auto")["stats"], _weights(tmp_path / "per_channel")["stats"]
-    assert auto["source"] == "micro_doppler, std pooled over channels" and per_channel["source"] == "micro_doppler"
-    assert torch.allclose(auto["std"], pooled_std(own)["std"]) and torch.equal(auto["mean"], own["mean"])
-    assert torch.equal(per_channel["std"], own["std"])
+    stage2.main(stage2_args(latent_dir, tmp_path / "default", steps=2))
+    pooled, default = _weights(tmp_path / "pooled")["stats"], _weights(tmp_path / "default")["stats"]
+    assert pooled["source"] == "micro_doppler, std pooled over channels" and default["source"] == "micro_doppler"
+    assert torch.allclose(pooled["std"], pooled_std(own)["std"]) and torch.equal(pooled["mean"], own["mean"])
+    assert torch.equal(default["std"], own["std"])                # the reference's per-channel stds by default
+
 
 def _run(*argv, **kw):
     return subprocess.run([sys.executable, "stage2_train_dit.py", *argv], cwd=ROOT, capture_output=True, text=True,
