@@ -94,7 +94,6 @@ def test_precision_selection(monkeypatch):
     assert pick_precision("fp32", torch.device("cuda:0")) is None
 
 
-
 def test_pooled_std_keeps_means_and_gives_every_channel_the_rms_std(tmp_path, latent_dir, capsys):
     stats = {"mean": torch.tensor([1.0, 2.0]).reshape(1, 2, 1, 1), "std": torch.tensor([3.0, 4.0]).reshape(1, 2, 1, 1)}
     pooled = pooled_std(stats)
