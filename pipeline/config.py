@@ -118,6 +118,9 @@ RANGES = {
 CHOICES = {"data.stats": ("auto", "micro_doppler", "imagenet"), "data.std_pooling": ("per_channel", "pooled"),
            "train.precision": ("auto", "fp32", "fp16", "bf16"),
            "sample.method": ("euler", "heun")}
+# Keys added after runs already existed, with the value that reproduces what those runs did: a run saved
+# without the key resumes as if it had this value.
+ADDED_KEYS = {"data.std_pooling": "per_channel"}
 # Keys that may change when a run is resumed (everything else must match the run being continued).
 RESUMABLE_KEYS = ("train.max_steps", "train.max_steps_cap", "train.time_budget", "train.compile", "train.precision",
                   "log.", "monitor.patience")
@@ -204,9 +207,10 @@ def flatten(cfg, prefix=""):
     return out
 
 
-def config_differences(old, new, ignore=RESUMABLE_KEYS):
-    """Dotted keys whose values differ between two configs, ignoring keys that may change on resume."""
-    a, b = flatten(old), flatten(new)
+def config_differences(old, new, ignore=RESUMABLE_KEYS, added=None):
+    """Dotted keys whose values differ between two configs, ignoring keys that may change on resume;
+    `added` ({dotted key: value}) stands in for keys `old` was saved without (see ADDED_KEYS)."""
+    a, b = {**(added or {}), **flatten(old)}, flatten(new)
     return sorted(k for k in set(a) | set(b) if a.get(k) != b.get(k) and not k.startswith(ignore))
 
 

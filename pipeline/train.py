@@ -40,7 +40,7 @@ from pipeline.checkpoint import (FORMAT_VERSION, latents_fingerprint, latest_che
                                  save_best, save_checkpoint)
 from pipeline.common import (UsageError, autocast, cleanup_distributed, init_distributed, is_temp_file, pick_device,
                              pick_precision, run_lock, write_text_atomic)
-from pipeline.config import config_differences, save_config
+from pipeline.config import ADDED_KEYS, config_differences, save_config
 from pipeline.generate import decode_latents, denormalise, image_seed, latent_maps, sample_latents
 from pipeline.heldout import RECOGNISED_MARGIN, HeldoutSet, tune_sampling
 from pipeline.latents import load_latents, read_dataset
@@ -377,7 +377,7 @@ def prepare_run_dir(run_dir, cfg, resume):
     if os.path.isfile(cfg_path):
         from omegaconf import OmegaConf
         old = OmegaConf.to_container(OmegaConf.load(cfg_path), resolve=True)
-        diff = config_differences(old, cfg)
+        diff = config_differences(old, cfg, added=ADDED_KEYS)
         if diff:
             raise UsageError(f"--output_dir {run_dir}: holds a run with a different config ({', '.join(diff[:6])}); "
                              f"choose a new --output_dir (with --resume none) or restore those settings")
@@ -390,7 +390,7 @@ def prepare_run_dir(run_dir, cfg, resume):
 def load_resume(path, cfg, classes, latent_shape, fingerprint, settings, trust):
     """Read the checkpoint to resume from and check it belongs to this config and these latents."""
     ckpt = read_checkpoint(path, trust=trust, what="cannot resume:", need_training_state=True)
-    diff = config_differences(ckpt["config"], cfg)
+    diff = config_differences(ckpt["config"], cfg, added=ADDED_KEYS)
     if diff:
         raise UsageError(f"cannot resume from {path}: it was trained with another config ({', '.join(diff[:6])}); "
                          f"use a new --output_dir or the same settings")

@@ -109,6 +109,24 @@ def test_pooled_std_keeps_means_and_gives_every_channel_the_rms_std(tmp_path, la
     assert torch.equal(default["std"], own["std"])                # the reference's per-channel stds by default
 
 
+def test_a_run_saved_before_std_pooling_existed_resumes_as_it_ran(tmp_path, latent_dir, capsys):
+    import yaml
+    run = tmp_path / "run"
+    stage2.main(stage2_args(latent_dir, run, steps=2))
+    # what the version before data.std_pooling wrote: the key is in neither config.yaml nor the checkpoints
+    cfg = yaml.safe_load((run / "config.yaml").read_text())
+    del cfg["data"]["std_pooling"]
+    (run / "config.yaml").write_text(yaml.safe_dump(cfg))
+    for path in (run / "checkpoints").glob("*.pt"):
+        ckpt = torch.load(path, weights_only=True)
+        del ckpt["config"]["data"]["std_pooling"]
+        torch.save(ckpt, path)
+    code, err = cli_error(stage2.main, stage2_args(latent_dir, run, "data.std_pooling=pooled", steps=4), capsys)
+    assert code == 2 and "data.std_pooling" in err          # it ran per channel: pooling now would change it
+    stage2.main(stage2_args(latent_dir, run, steps=4))
+    assert _weights(run)["step"] == 4
+
+
 def _run(*argv, **kw):
     return subprocess.run([sys.executable, "stage2_train_dit.py", *argv], cwd=ROOT, capture_output=True, text=True,
                           timeout=300, **kw)
