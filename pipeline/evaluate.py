@@ -18,6 +18,7 @@ import hashlib
 import itertools
 import json
 import os
+import tempfile
 
 import numpy as np
 import torch
@@ -26,9 +27,11 @@ import torch.nn.functional as F
 
 from pipeline.common import UsageError, read_json, write_json_atomic
 from pipeline.figure_trim import parse_trim
+from pipeline.generate import decode_latents
 from pipeline.latents import DATASET_FILE, dataset_image_paths, load_latents, read_record
 from pipeline.plot import eval_plot
-from pipeline.images import IMAGE_EXTENSIONS, find_classes, load_for_tokenizer, make_grid, safe_name, split_indices
+from pipeline.images import (IMAGE_EXTENSIONS, find_classes, load_for_tokenizer, make_grid, safe_name, save_image,
+                             split_indices)
 from pipeline.preprocess import check_generated, decide_color, decide_value_range, scan_files
 
 EVAL_SIZE = (64, 64)
@@ -76,8 +79,9 @@ def _tree_preprocessing(paths, split, color, trim):
 
 
 def load_real(real, seed=0, heldout_fraction=0.2, color="auto", trim="auto"):
-    """(class names, train images, train labels, held-out images, held-out labels, prep). A stage 1 output
-    dir brings its own preprocessing (dataset.json: colour mode and map, value range, plot-area boxes);
+    """(class names, train images, train labels, held-out images, held-out labels, prep, latents). A stage 1
+    output dir brings its own latents ((train, held-out) stage 1 latents in the same order; None for a folder
+    tree) and its own preprocessing (dataset.json: colour mode and map, value range, plot-area boxes);
     `color` other than auto overrides its colour handling. A class-folder tree is scanned here the way
     stage 1 would (see _tree_preprocessing)."""
     info = read_record(real, DATASET_FILE, "--real") if os.path.isdir(real) else None
@@ -88,6 +92,7 @@ def load_real(real, seed=0, heldout_fraction=0.2, color="auto", trim="auto"):
         names = [c["name"] for c in info["classes"]]
         data = load_latents(real, check_finite=False)   # rows are in dataset.json's file order
         labels, split = data["labels"].tolist(), data["split"].numpy()
+        latents = data["latents"].float()
         stage1_color = info.get("settings", {}).get("color", "auto")
         colormap = (info.get("colormap") or {}).get("name")
         prep = dict(color=color if color != "auto" else stage1_color, colormap=colormap,
@@ -104,10 +109,12 @@ def load_real(real, seed=0, heldout_fraction=0.2, color="auto", trim="auto"):
         labels = [c for c, n in enumerate(names) for _ in classes[n]]
         split = split_indices(labels, heldout_fraction, seed)
         prep, boxes = _tree_preprocessing(paths, split, color, trim)
+        latents = None
     labels = torch.tensor(labels)
     x, _ = _load(paths, prep, boxes)
     split = torch.as_tensor(np.asarray(split)).bool()
-    return names, x[~split], labels[~split], x[split], labels[split], prep
+    latents = (latents[~split], latents[split]) if latents is not None else None
+    return names, x[~split], labels[~split], x[split], labels[split], prep, latents
 
 
 def _generated_files(generated, names):
@@ -314,21 +321,23 @@ def latent_features(tokenizer, x, size=128, chunk=32):
 
 
 @torch.no_grad()
-def reconstruct(tokenizer, x, gray, size=128, chunk=32):
-    """Encode-decode round trip of images (N, 3, 64, 64) in [0, 1] through the tokenizer at `size`, back at
-    64x64 in [0, 1] (channel mean when the run is gray). A generator that reproduced the real latent
-    distribution exactly would give images like these, so the classifiers' results on them are the
-    tokenizer's reference for generated_accuracy and tstr_accuracy (guided samples, more class-typical than
-    real ones, can exceed it)."""
+def round_trips(tokenizer, latents, labels, names, prep, folder, chunk=16):
+    """The tokenizer's decoding of the real images' own stage 1 latents (N, C, h, w), written the way stage 3
+    writes its images (PNG at the stage 1 size, 8 bits; a colour-mapped set drawn in its map) into class
+    folders under `folder`, and read back the way generated images are: (images (N, 3, 64, 64) in [0, 1],
+    labels). A generator that reproduced the real latents exactly would produce these very files, so the
+    classifiers' results on them are the tokenizer's reference for generated_accuracy and tstr_accuracy
+    (guided samples, more class-typical than real ones, can exceed it). They must take the generated images'
+    path exactly: on dark, speckled spectrograms the classifier tells apart images that differ by a few grey
+    levels (encoding a 64-px copy instead of the stage 1 image gave 0.39 instead of 0.76 on a measured set)."""
+    gray = prep["color_mode"] == "gray"
     device = next(itertools.chain(tokenizer.parameters(), tokenizer.buffers())).device
-    out = []
-    for part in x.split(chunk):
-        up = F.interpolate(part, size=(size, size), mode="bilinear", align_corners=False) * 2 - 1
-        rec = tokenizer.decode(tokenizer.encode(up.to(device)).mean).float().cpu().clamp(-1, 1)
-        rec = F.interpolate(rec, size=tuple(x.shape[-2:]), mode="bilinear", antialias=True, align_corners=False)
-        rec = (rec + 1) / 2
-        out.append(rec.mean(1, keepdim=True).expand(-1, 3, -1, -1) if gray else rec)
-    return torch.cat(out).clamp(0, 1)
+    for start in range(0, len(latents), chunk):
+        images = decode_latents(tokenizer, latents[start:start + chunk], device, chunk=chunk)
+        for i, (img, c) in enumerate(zip(images, labels[start:start + chunk].tolist()), start):
+            save_image(img, os.path.join(folder, safe_name(names[c]), f"{i:06d}.png"), gray,
+                       colormap=prep["colormap"] if gray else None)
+    return load_generated(folder, names, prep)
 
 
 def spectrogram_statistics(real, gen):
@@ -348,7 +357,7 @@ def spectrogram_statistics(real, gen):
 def evaluate(real, generated, out, seed=0, vavae_path=None, tokenizer=None, color="auto", trim="auto"):
     """Compute every metric; write `out` (eval.json), eval.png and memorisation.png beside it. With a
     tokenizer (`vavae_path`, or an already loaded `tokenizer`), Fréchet distance and precision/recall are also computed in its latent space."""
-    names, x_train, y_train, x_held, y_held, prep = load_real(real, seed, color=color, trim=trim)
+    names, x_train, y_train, x_held, y_held, prep, real_latents = load_real(real, seed, color=color, trim=trim)
     x_gen, y_gen = load_generated(generated, names, prep)
     if len(x_held) == 0:
         raise UsageError(f"--real {real}: no held-out real images to compare with (stage 1 --val_fraction 0?)")
@@ -383,10 +392,16 @@ def evaluate(real, generated, out, seed=0, vavae_path=None, tokenizer=None, colo
         z_held, z_gen = latent_features(tokenizer, x_held), latent_features(tokenizer, x_gen)
         result["fd_latent"] = frechet_distance(z_held, z_gen)
         result["precision_latent"], result["recall_latent"] = knn_precision_recall(z_held, z_gen)
-        gray = prep["color_mode"] == "gray"
-        result["reconstruction_accuracy"] = accuracy(predict(clf, reconstruct(tokenizer, x_held, gray))[0], y_held)
-        # tstr of a perfect latent generator: a classifier trained on the training images' own round trips
-        rec_clf = train_classifier(reconstruct(tokenizer, x_train, gray), y_train, k, seed)
+    if tokenizer is not None and real_latents is not None:   # the tokenizer's references need the stage 1 latents
+        if real_latents[0].shape[1] != tokenizer.latent_channels:
+            raise UsageError(f"--vavae_path {vavae_path}: {tokenizer.latent_channels} latent channels, but --real {real} "
+                             f"was encoded into {real_latents[0].shape[1]}; pass the tokenizer stage 1 used")
+        with tempfile.TemporaryDirectory(prefix="round_trips_") as folder:
+            x_rec, y_rec = round_trips(tokenizer, real_latents[1], y_held, names, prep, os.path.join(folder, "held"))
+            result["reconstruction_accuracy"] = accuracy(predict(clf, x_rec)[0], y_rec)
+            # tstr of a perfect latent generator: a classifier trained on the training images' own round trips
+            x_rec, y_rec = round_trips(tokenizer, real_latents[0], y_train, names, prep, os.path.join(folder, "train"))
+            rec_clf = train_classifier(x_rec, y_rec, k, seed)
         result["reconstruction_tstr_accuracy"] = accuracy(predict(rec_clf, x_held)[0], y_held)
     for c, name in enumerate(names):
         held, gen = y_held == c, y_gen == c

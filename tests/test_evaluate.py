@@ -42,6 +42,7 @@ def test_held_out_as_generated_scores_perfectly(tmp_path, real):
     r = ev.evaluate(str(base / "real"), str(gen), str(tmp_path / "eval.json"), vavae_path="demo")
     assert r["fd_classifier"] < 1e-3 and r["fd_latent"] < 1e-3
     assert r["precision_latent"] == 1.0 and r["recall_latent"] == 1.0
+    assert "reconstruction_accuracy" not in r   # a folder tree has no stage 1 latents to decode
     assert r["precision"] == 1.0 and r["recall"] == 1.0
     assert r["real_accuracy"] >= 0.8 and r["generated_accuracy"] == r["real_accuracy"]
     assert r["memorisation_fraction"] < 0.2
@@ -166,15 +167,20 @@ def test_colour_map_run_evaluates_outputs_on_its_map_and_refuses_a_mismatch(tmp_
         ev.evaluate(str(base / "real"), str(tmp_path / "odd"), str(tmp_path / "y.json"))
 
 
-def test_reconstruction_round_trip_is_the_ceiling_input():
-    """reconstruct() gives what the decoder makes of the real images' own latents: close to the input for a
-    smooth image through the demo tokenizer, nothing of it through a tokenizer that loses everything."""
+def test_round_trips_take_the_generated_images_path(tmp_path):
+    """round_trips() writes the decoded real latents as stage 3 writes its images and reads them back as
+    generated images: a smooth image comes back close to itself and in its class folder; a tokenizer that
+    loses everything gives flat grey."""
     import torch
     from models.vavae import load_vavae
     yy, xx = torch.meshgrid(torch.linspace(0, 1, 64), torch.linspace(0, 1, 64), indexing="ij")
     x = (0.5 + 0.4 * torch.sin(3 * xx) * torch.cos(2 * yy)).expand(2, 3, 64, 64).clone()
-    rec = ev.reconstruct(load_vavae("demo", device=torch.device("cpu")), x, gray=True)
-    assert rec.shape == x.shape and (rec - x).abs().mean() < 0.02
+    demo = load_vavae("demo", device=torch.device("cpu"))
+    prep = dict(color="auto", colormap=None, value_range=None, color_mode="gray", real_colour=False)
+    rec, labels = ev.round_trips(demo, demo.encode(x * 2 - 1).mean, torch.tensor([1, 0]), ["a", "b"], prep,
+                                 str(tmp_path / "rt"))
+    assert sorted(os.listdir(tmp_path / "rt")) == ["a", "b"] and labels.tolist() == [0, 1]   # read back by folder
+    assert rec.shape == x.shape and (rec - x[[1, 0]]).abs().mean() < 0.02
     assert torch.equal(rec[:, 0], rec[:, 1])
 
     class Lossy(torch.nn.Module):
@@ -182,14 +188,24 @@ def test_reconstruction_round_trip_is_the_ceiling_input():
             super().__init__()
             self.register_buffer("unused", torch.zeros(1))
 
-        def encode(self, x):
-            return type("Posterior", (), {"mean": x[:, :1, ::16, ::16]})()
-
         def decode(self, z):
             return torch.zeros(z.shape[0], 3, z.shape[2] * 16, z.shape[3] * 16)
 
-    lost = ev.reconstruct(Lossy(), x, gray=False)
-    assert torch.allclose(lost, torch.full_like(x, 0.5))
+    lost, _ = ev.round_trips(Lossy(), torch.zeros(2, 4, 4, 4), torch.tensor([0, 1]), ["a", "b"], prep,
+                             str(tmp_path / "lost"))
+    assert torch.allclose(lost, torch.full_like(x, 128 / 255))   # mid grey, through 8 bits as stage 3 writes it
+
+
+def test_tokenizer_references_come_from_the_stage1_latents(tmp_path, real):
+    """With a stage 1 dir as --real the references are computed from its own latents (a folder tree has none:
+    test_held_out_as_generated_scores_perfectly)."""
+    base, names, files, labels, split = real
+    import stage1_extract_features as stage1
+    stage1.main(["--data_dir", str(base / "real"), "--vavae_path", "demo", "--output_dir", str(tmp_path / "lat"),
+                 "--image_size", "64", "--num_workers", "0", "--val_fraction", "0.25", "--recon_images", "0"])
+    gen = _tree(tmp_path / "gen", [(names[lab], f) for f, lab in zip(files, labels)][::4])
+    r = ev.evaluate(str(tmp_path / "lat"), str(gen), str(tmp_path / "a.json"), vavae_path="demo")
+    assert r["reconstruction_accuracy"] >= 0.6 and r["reconstruction_tstr_accuracy"] >= 0.6   # chance: 0.2
 
 
 @pytest.mark.parametrize("argv,message", [
