@@ -7,7 +7,7 @@ and ends with a markdown table for bench/RESULTS.md.
 
     python bench/quality.py [--sets sim_hard_a,sim_hard_b,measured:NAME|measured:*] [--measured_root /work/data/measured]
                             [--work bench/out/quality] [--config configs/demo_cpu.yaml] [--extra_stage2 "..."]
-                            [--extra_stage3 "..."] [--num_per_class 40] [--tag NAME]
+                            [--extra_stage3 "..."] [--num_per_class N] [--tag NAME]
 
 Sets: `sim_<suite>` is a simulated suite of pipeline.simulate.SUITES (e.g. sim_hard_a), written fresh
 each run; `measured:NAME` is the class-folder tree --measured_root/NAME; `measured:*` is every such
@@ -33,6 +33,8 @@ import time
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
+
+from pipeline.inference import GenerateSettings  # noqa: E402 - after the path setup
 
 IMAGE_EXT = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp", ".gif")
 MIN_HELDOUT = 6          # held-out real images per class the evaluation needs to mean anything
@@ -298,13 +300,16 @@ def main(argv=None):
     p.add_argument("--config", default=os.path.join("configs", "demo_cpu.yaml"), help="stage 2 --config")
     p.add_argument("--extra_stage2", default="", help="extra stage 2 arguments, one string")
     p.add_argument("--extra_stage3", default="", help="extra stage 3 arguments, one string")
-    p.add_argument("--num_per_class", type=int, default=40, help="generated images per class (stage 3)")
+    p.add_argument("--num_per_class", type=int, default=None,
+                   help=f"generated images per class (default: stage 3's own, {GenerateSettings.num_per_class})")
     p.add_argument("--seed", type=int, default=0, help="simulation, split and sampling seed")
     p.add_argument("--threads", type=int, default=0,
                    help="CPU threads per stage (OMP_NUM_THREADS); 0: the library default (all cores)")
     p.add_argument("--tag", default="run", help="name of this measurement (e.g. baseline)")
     p.add_argument("--results", default=os.path.join("bench", "quality_results.jsonl"), help="JSON lines appended here")
     args = p.parse_args(argv)
+    if args.num_per_class is None:   # what a user gets from stage 3 without the flag
+        args.num_per_class = GenerateSettings.num_per_class
     args.work = os.path.abspath(args.work)
     args.results = os.path.abspath(args.results)
 
