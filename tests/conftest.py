@@ -6,6 +6,10 @@ import pytest
 
 from tests.helpers import MEANS, make_latent_dir
 
+# One evaluation classifier per accuracy instead of three: the tests check what the metrics do, and each fit
+# costs seconds (test_evaluate checks the averaging itself). Inherited by the subprocesses the tests start.
+os.environ.setdefault("MICRODOPPLER_CLASSIFIER_SEEDS", "1")
+
 # Whole files of trainings, subprocesses and classifier fits, and single long tests elsewhere.
 SLOW_FILES = {"test_faults.py", "test_stage3.py", "test_evaluate.py"}
 SLOW_TESTS = {"test_tiny_model_learns_class_means", "test_two_process_gloo_ddp", "test_non_finite_loss_stops_with_checkpoint",

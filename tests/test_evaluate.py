@@ -196,16 +196,40 @@ def test_round_trips_take_the_generated_images_path(tmp_path):
     assert torch.allclose(lost, torch.full_like(x, 128 / 255))   # mid grey, through 8 bits as stage 3 writes it
 
 
-def test_tokenizer_references_come_from_the_stage1_latents(tmp_path, real):
+@pytest.fixture(scope="module")
+def stage1_dir(tmp_path_factory, real):
+    base = real[0]
+    out = tmp_path_factory.mktemp("stage1") / "lat"
+    import stage1_extract_features as stage1
+    stage1.main(["--data_dir", str(base / "real"), "--vavae_path", "demo", "--output_dir", str(out),
+                 "--image_size", "64", "--num_workers", "0", "--val_fraction", "0.25", "--recon_images", "0"])
+    return out
+
+
+def test_tokenizer_references_come_from_the_stage1_latents(tmp_path, real, stage1_dir):
     """With a stage 1 dir as --real the references are computed from its own latents (a folder tree has none:
     test_held_out_as_generated_scores_perfectly)."""
     base, names, files, labels, split = real
-    import stage1_extract_features as stage1
-    stage1.main(["--data_dir", str(base / "real"), "--vavae_path", "demo", "--output_dir", str(tmp_path / "lat"),
-                 "--image_size", "64", "--num_workers", "0", "--val_fraction", "0.25", "--recon_images", "0"])
     gen = _tree(tmp_path / "gen", [(names[lab], f) for f, lab in zip(files, labels)][::4])
-    r = ev.evaluate(str(tmp_path / "lat"), str(gen), str(tmp_path / "a.json"), vavae_path="demo")
+    r = ev.evaluate(str(stage1_dir), str(gen), str(tmp_path / "a.json"), vavae_path="demo")
     assert r["reconstruction_accuracy"] >= 0.6 and r["reconstruction_tstr_accuracy"] >= 0.6   # chance: 0.2
+
+
+def test_accuracies_are_means_over_classifier_seeds(tmp_path, real, stage1_dir, monkeypatch):
+    """Two classifier seeds give the mean of what each seed gives alone, and their spread."""
+    base, names, files, labels, split = real
+    gen = _tree(tmp_path / "gen", [(names[lab], f) for f, lab in zip(files, labels)][1::3])
+    alone = [ev.evaluate(str(stage1_dir), str(gen), str(tmp_path / f"s{s}.json"), seed=s) for s in (0, 1)]
+    monkeypatch.setenv("MICRODOPPLER_CLASSIFIER_SEEDS", "2")
+    both = ev.evaluate(str(stage1_dir), str(gen), str(tmp_path / "both.json"))
+    assert both["classifier_seeds"] == 2 and alone[0]["classifier_seeds"] == 1
+    for key in ("real_accuracy", "generated_accuracy", "tstr_accuracy", "augmented_accuracy"):
+        values = [a[key] for a in alone]
+        assert abs(both[key] - sum(values) / 2) < 1e-6
+        assert abs(both["accuracy_spread"][key] - abs(values[0] - values[1])) < 1e-6
+    monkeypatch.setenv("MICRODOPPLER_CLASSIFIER_SEEDS", "0")
+    with pytest.raises(ev.UsageError, match="MICRODOPPLER_CLASSIFIER_SEEDS=0"):
+        ev.evaluate(str(stage1_dir), str(gen), str(tmp_path / "bad.json"))
 
 
 @pytest.mark.parametrize("argv,message", [
