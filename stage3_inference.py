@@ -65,9 +65,11 @@ def main(argv=None):
     if args.eval:
         from pipeline.evaluate import evaluate_run
         result = evaluate_run(manifest, args.output_dir, args.seed, tokenizer)
-        print(f"eval: generated_accuracy {result['generated_accuracy']:.3f} (real held-out {result['real_accuracy']:.3f}), "
-              f"precision {result['precision']:.3f}, recall {result['recall']:.3f}, memorised "
-              f"{result['memorisation_fraction']:.3f} -> {os.path.join(args.output_dir, 'eval.json')}")
+        print(f"eval (accuracies: mean of {result['classifier_seeds']} classifiers): generated_accuracy "
+              f"{result['generated_accuracy']:.3f} (real held-out {result['real_accuracy']:.3f}), tstr "
+              f"{result['tstr_accuracy']:.3f}, augmented {result['augmented_accuracy']:.3f} (real-only "
+              f"{result['real_only_accuracy']:.3f}), precision {result['precision']:.3f}, recall {result['recall']:.3f}, "
+              f"memorised {result['memorisation_fraction']:.3f} -> {os.path.join(args.output_dir, 'eval.json')}")
 
 
 if __name__ == "__main__":
