@@ -361,10 +361,10 @@ def classifier_accuracies(data, k, seed):
     """Every classifier-based accuracy for one classifier seed. `data`: dict of (images, labels) pairs
     `train`, `held` and `gen` (real train, held-out real, generated) and, when the tokenizer's references
     are computed, `rec_train` and `rec_held` (round trips). Returns (accuracies, per-class accuracies,
-    the real-data classifier)."""
+    the real-data classifier's features of the held-out and the generated images)."""
     (x_train, y_train), (x_held, y_held), (x_gen, y_gen) = data["train"], data["held"], data["gen"]
     clf = cached_classifier(x_train, y_train, k, seed)
-    pred_held, pred_gen = predict(clf, x_held)[0], predict(clf, x_gen)[0]
+    (pred_held, f_held), (pred_gen, f_gen) = predict(clf, x_held), predict(clf, x_gen)
     tstr = train_classifier(x_gen, y_gen, k, seed)
     augmented = train_classifier(torch.cat([x_train, x_gen]), torch.cat([y_train, y_gen]), k, seed)
     acc = dict(real_accuracy=accuracy(pred_held, y_held), generated_accuracy=accuracy(pred_gen, y_gen),
@@ -377,7 +377,7 @@ def classifier_accuracies(data, k, seed):
         acc["reconstruction_tstr_accuracy"] = accuracy(predict(rec_clf, x_held)[0], y_held)
     per_class = [dict(real_accuracy=accuracy(pred_held[y_held == c], y_held[y_held == c]),
                       generated_accuracy=accuracy(pred_gen[y_gen == c], y_gen[y_gen == c])) for c in range(k)]
-    return acc, per_class, clf
+    return acc, per_class, (f_held, f_gen)
 
 
 def classifier_seed_count():
@@ -419,7 +419,7 @@ def evaluate(real, generated, out, seed=0, vavae_path=None, tokenizer=None, colo
     runs = [classifier_accuracies(data, k, s) for s in range(seed, seed + seeds)]
     accuracies = {key: _mean([acc[key] for acc, _, _ in runs]) for key in runs[0][0]}
     spread = {key: max(acc[key] for acc, _, _ in runs) - min(acc[key] for acc, _, _ in runs) for key in runs[0][0]}
-    f_held, f_gen = predict(runs[0][2], x_held)[1], predict(runs[0][2], x_gen)[1]
+    f_held, f_gen = runs[0][2]
     precision, recall = knn_precision_recall(f_held, f_gen)
     ratio, nearest = memorisation(x_gen, x_train)
     result = dict(
