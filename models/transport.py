@@ -71,11 +71,13 @@ def guided_velocity(model, x, t, y, null_label, cfg_scale=1.0, cfg_interval_star
 
 @torch.no_grad()
 def sample(model, z, y, num_steps, method="euler", cfg_scale=1.0, cfg_interval_start=0.0, timestep_shift=0.0,
-           null_label=None):
-    """Integrate dx/dt = v(x, t, y) from t=0 (x = z, noise) to t=1 (data) on `time_grid`.
+           null_label=None, t_start=0.0):
+    """Integrate dx/dt = v(x, t, y) from t = t_start (x = z) to t=1 (data) on `time_grid`.
 
-    z: (B, C, H, W) noise; y: (B,) labels; num_steps: number of steps (Euler: one model evaluation per step
-    and sample without guidance; Heun: two). The null label defaults to `model.num_classes`: pass the
+    z: (B, C, H, W) the state at t_start: noise for t_start = 0, else a point of the path
+    (t_start * x1 + (1 - t_start) * noise, see pipeline.generate); y: (B,) labels; num_steps: number of steps
+    over [t_start, 1], the grid mapped linearly onto it (Euler: one model evaluation per step and sample without
+    guidance; Heun: two). The null label defaults to `model.num_classes`: pass the
     LightningDiT itself or a torch.compile'd one (which forwards attributes), not a DDP wrapper (sampling
     needs no gradient sync; callers sample with the EMA copy or the unwrapped model).
     Returns x at t=1, float32."""
@@ -83,9 +85,11 @@ def sample(model, z, y, num_steps, method="euler", cfg_scale=1.0, cfg_interval_s
         raise ValueError(f"unknown sampling method {method!r}: use euler or heun")
     if num_steps < 1:
         raise ValueError("num_steps must be >= 1")
+    if not 0.0 <= t_start < 1.0:
+        raise ValueError(f"t_start must be in [0, 1), got {t_start}")
     if null_label is None:
         null_label = model.num_classes
-    ts = time_grid(num_steps, timestep_shift).tolist()
+    ts = (t_start + (1.0 - t_start) * time_grid(num_steps, timestep_shift)).tolist()
     x = z.float()
 
     def velocity(x_, t_):

@@ -87,6 +87,7 @@ class SampleConfig:
     cfg_scale: float = 2.0
     cfg_interval_start: float = 0.0
     timestep_shift: float = 0.0
+    start_t: float = 0.3                # stage 3: variations of training images from t = 0.3; 0: from pure noise
 
 
 @dataclass
@@ -113,6 +114,7 @@ RANGES = {
     "monitor.num_steps": POSITIVE, "log.log_every": POSITIVE, "log.ckpt_every": POSITIVE,
     "log.sample_every": POSITIVE, "log.keep_last": POSITIVE, "log.samples_per_class": POSITIVE,
     "sample.num_steps": POSITIVE, "sample.cfg_scale": (0.0, 100.0), "sample.cfg_interval_start": (0.0, 0.999),
+    "sample.start_t": (0.0, 0.95),
     "sample.timestep_shift": (0.0, 100.0), "seed": (0, 2 ** 31 - 1),
 }
 CHOICES = {"data.stats": ("auto", "micro_doppler", "imagenet"), "data.std_pooling": ("per_channel", "pooled"),
@@ -123,7 +125,7 @@ CHOICES = {"data.stats": ("auto", "micro_doppler", "imagenet"), "data.std_poolin
 ADDED_KEYS = {"data.std_pooling": "per_channel"}
 # Keys that may change when a run is resumed (everything else must match the run being continued).
 RESUMABLE_KEYS = ("train.max_steps", "train.max_steps_cap", "train.time_budget", "train.compile", "train.precision",
-                  "log.", "monitor.patience")
+                  "log.", "monitor.patience", "sample.start_t")
 
 
 # --------------------------------------------------------------------------------

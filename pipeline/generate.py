@@ -3,6 +3,14 @@ Sampling and decoding shared by stage 2 (sample grids) and stage 3 (generation).
 
 Reproducibility: the noise of image k of class c is drawn from its own generator seeded by
 (seed, c, k), so an image does not depend on batch size, rank count or what was generated before.
+
+Variations (sampling["start_t"] = s > 0, stage 3's default): image k of class c starts at t = s from a
+training latent of its class on the straight path, s * x1 + (1 - s) * noise, and follows the model's flow
+from there to t = 1. The noise erases the detail of x1 and keeps its coarse layout, so the image is a new
+spectrogram near a real one. On a few hundred training images this covers each class far better than
+sampling from pure noise (s = 0), where a small model draws mostly class-typical images (bench/RESULTS.md).
+Which training latent: `variation_source(seed, c, k, n)`, a per-class permutation cycled over k, so every
+training image is used equally often and the choice is as stateless as the noise.
 """
 
 import hashlib
@@ -24,15 +32,34 @@ def initial_noise(seeds, shape):
     return torch.stack([torch.randn(shape, generator=torch.Generator().manual_seed(s)) for s in seeds])
 
 
-def sample_latents(model, labels, seeds, latent_shape, sampling, device, dtype=None):
+def variation_source(seed, class_id, k, n):
+    """Index (into the n training latents of class `class_id`) that image k of that class is a variation of:
+    position k mod n of a permutation drawn from (seed, class_id), so each latent serves every n-th image."""
+    order = torch.randperm(n, generator=torch.Generator().manual_seed(image_seed(seed, class_id, "sources")))
+    return int(order[k % n])
+
+
+def sample_latents(model, labels, seeds, latent_shape, sampling, device, dtype=None, sources=None):
     """Normalised latents (B, C, h, w) at t=1 for labels (B,) from per-image seeds.
-    `sampling`: dict with num_steps, method, cfg_scale, cfg_interval_start, timestep_shift."""
+    `sampling`: dict with num_steps, method, cfg_scale, cfg_interval_start, timestep_shift and optionally
+    start_t (default 0: from pure noise). With start_t = s > 0, `sources` (B, C, h, w) are the normalised
+    training latents the images are variations of; the path starts at s * sources + (1 - s) * noise."""
     z = initial_noise(seeds, latent_shape).to(device)
+    start = float(sampling.get("start_t", 0.0))
+    if start > 0:
+        if sources is None:
+            raise ValueError("sampling with start_t > 0 needs the training latents the images start from (sources)")
+        z = start * sources.to(device=device, dtype=z.dtype) + (1.0 - start) * z
     y = torch.as_tensor(labels, dtype=torch.long, device=device)
     with autocast(device, dtype):
         return sample(model, z, y, num_steps=int(sampling["num_steps"]), method=sampling["method"],
                       cfg_scale=float(sampling["cfg_scale"]), cfg_interval_start=float(sampling["cfg_interval_start"]),
-                      timestep_shift=float(sampling["timestep_shift"])).float()
+                      timestep_shift=float(sampling["timestep_shift"]), t_start=start).float()
+
+
+def normalise(x, stats):
+    """Stage 2's (x - mean) / std with the stats stored in the checkpoint."""
+    return (x - stats["mean"].to(x.device)) / stats["std"].to(x.device)
 
 
 def denormalise(z, stats):

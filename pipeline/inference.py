@@ -25,16 +25,19 @@ from tqdm import tqdm
 
 from models.lightningdit import LightningDiT, dit_state_dict_from_checkpoint
 from models.vavae import load_vavae
-from pipeline.checkpoint import latest_checkpoint, read_checkpoint, run_checkpoint, tensor_fingerprint
+from pipeline.checkpoint import (latents_fingerprint, latest_checkpoint, read_checkpoint, run_checkpoint,
+                                 tensor_fingerprint)
 from pipeline.common import (UsageError, atomic_path, barrier, cleanup_distributed, init_distributed, is_temp_file,
                              pick_device, pick_precision, read_json, write_json_atomic)
 from pipeline.config import config_differences
 from pipeline.evaluate import check_heldout
-from pipeline.generate import decode_latents, denormalise, image_seed, sample_latents
+from pipeline.generate import (decode_latents, denormalise, image_seed, normalise, sample_latents,
+                               variation_source)
 from pipeline.images import load_for_tokenizer, save_image, unique_folder_names
+from pipeline.latents import load_latents
 from pipeline.plot import labelled_grid
 
-SAMPLING_KEYS = ("num_steps", "method", "cfg_scale", "cfg_interval_start", "timestep_shift")
+SAMPLING_KEYS = ("num_steps", "method", "cfg_scale", "cfg_interval_start", "timestep_shift", "start_t")
 # The fast preset (bench/sampler_accuracy.py): Heun with 16 steps matches Euler-250 within 1 % error.
 PRESETS = {"fast": dict(method="heun", num_steps=16), "quality": dict(method="euler", num_steps=250)}
 
@@ -53,6 +56,7 @@ class GenerateSettings:
     cfg_scale: Optional[float] = None
     cfg_interval_start: Optional[float] = None
     timestep_shift: Optional[float] = None
+    start_t: Optional[float] = None        # > 0: variations of the training images (pipeline.generate); 0: pure noise
     steps: Optional[int] = None
     method: Optional[str] = None           # euler | heun
     seed: int = 0
@@ -247,9 +251,14 @@ def _generate(job, rank, world, local_rank):
     original_sizes = ckpt["original_sizes"] or {} if job.original_size else None
     stats = ckpt["stats"]
     weights = "ema" if not job.no_ema else "model"
+    sources = training_latents(ckpt) if sampling["start_t"] > 0 else None
+    # start_t is recorded only when used, so output dirs of pure-noise runs keep their settings
+    recorded = {k: v for k, v in sampling.items() if k != "start_t" or v > 0}
+    if sources is not None:
+        recorded["sources_sha1"] = ckpt["latents_fingerprint"]
 
     settings = dict(step=int(ckpt["step"]), weights=weights, weights_sha1=tensor_fingerprint(ckpt[weights]),
-                    seed=job.seed, **sampling, stats_source=stats.get("source"),
+                    seed=job.seed, **recorded, stats_source=stats.get("source"),
                     tokenizer=os.path.basename(str(job.vavae_path)), original_size=bool(job.original_size),
                     color_mode="gray" if gray else "rgb", precision=job.precision,
                     **({"colormap": colormap} if colormap else {}))
@@ -270,7 +279,9 @@ def _generate(job, rank, world, local_rank):
     for start in range(0, len(mine), job.batch_size):
         batch = mine[start:start + job.batch_size]
         seeds = [image_seed(job.seed, c, k) for c, k in batch]
-        z = sample_latents(model, [c for c, _ in batch], seeds, latent_shape, sampling, device, dtype)
+        starts = None if sources is None else torch.stack(
+            [sources[c][variation_source(job.seed, c, k, len(sources[c]))] for c, k in batch])
+        z = sample_latents(model, [c for c, _ in batch], seeds, latent_shape, sampling, device, dtype, sources=starts)
         z = denormalise(z, stats)
         if job.save_latents:
             with atomic_path(os.path.join(partial_dir, f"rank{rank}_{start:07d}_{time.time_ns()}.safetensors")) as tmp:
@@ -304,6 +315,28 @@ def _generate(job, rank, world, local_rank):
     return manifest, tokenizer
 
 
+def training_latents(ckpt):
+    """{class id: its normalised training latents (n, C, h, w)} from the run's stage 1 output, for variations.
+    They must be the latents the run trained on (its fingerprint): a one-line error says what to do otherwise."""
+    latent_dir = ckpt["latent_dir"]
+    if not latent_dir or not os.path.isdir(latent_dir):
+        raise UsageError(f"--start_t {ckpt['config']['sample'].get('start_t')}: images are variations of the training "
+                         f"images, but the run's latent dir ({latent_dir}) is not on this machine; copy it there or "
+                         f"pass --start_t 0 to sample from pure noise")
+    data = load_latents(latent_dir)
+    if ckpt.get("latents_fingerprint") not in (None, latents_fingerprint(data)):
+        raise UsageError(f"--start_t: the latents in {latent_dir} are not the ones this run trained on (stage 1 was "
+                         f"run again?); pass --start_t 0 to sample from pure noise, or train on them again")
+    train = data["split"] == 0
+    latents, labels = normalise(data["latents"][train].float(), ckpt["stats"]), data["labels"][train]
+    found = {c: latents[labels == c] for c in range(len(ckpt["classes"]))}
+    empty = [ckpt["classes"][c] for c, x in found.items() if len(x) == 0]
+    if empty:
+        raise UsageError(f"--start_t: class(es) {', '.join(empty)} have no training latents in {latent_dir}; "
+                         f"pass --start_t 0 to sample from pure noise")
+    return found
+
+
 def write_grid(out_dir, rows, gray):
     """grid.png: one labelled row per class; rows = [(class name, [image file relative to out_dir])]. With
     --original_size classes differ in size: all are shown at the size of the first image."""
@@ -328,12 +361,14 @@ def images_by_class(files, classes, folders, seed):
 def sampling_settings(ckpt, job):
     """The run's sampling settings (chosen on held-out data by stage 2 when it could, else its config), then
     --preset, then single flags."""
-    sampling = {k: ckpt["config"]["sample"][k] for k in SAMPLING_KEYS}
+    sampling = dict(start_t=0.0)   # runs saved before start_t existed sampled from pure noise
+    sampling.update({k: v for k, v in ckpt["config"]["sample"].items() if k in SAMPLING_KEYS})
     sampling.update({k: v for k, v in (ckpt["sampling"] or {}).items() if k in SAMPLING_KEYS})
     if job.preset:
         sampling.update(PRESETS[job.preset])
     for key, value in (("num_steps", job.steps), ("method", job.method), ("cfg_scale", job.cfg_scale),
-                       ("cfg_interval_start", job.cfg_interval_start), ("timestep_shift", job.timestep_shift)):
+                       ("cfg_interval_start", job.cfg_interval_start), ("timestep_shift", job.timestep_shift),
+                       ("start_t", job.start_t)):
         if value is not None:
             sampling[key] = value
     if len(ckpt["classes"]) == 1:

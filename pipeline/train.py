@@ -317,7 +317,8 @@ def save_sample_grid(path, ema, meta, cfg, device, dtype, tokenizer, step=None):
     classes = meta["classes"]
     labels = [c for c in range(len(classes)) for _ in range(per_class)]
     seeds = [image_seed(cfg["seed"], c, k) for c in range(len(classes)) for k in range(per_class)]
-    sampling = dict(cfg["sample"], cfg_scale=cfg["sample"]["cfg_scale"] if len(classes) > 1 else 1.0)
+    # stage 2 judges the model itself: its samples start from pure noise (start_t is stage 3's)
+    sampling = dict(cfg["sample"], cfg_scale=cfg["sample"]["cfg_scale"] if len(classes) > 1 else 1.0, start_t=0.0)
     z = sample_latents(ema, labels, seeds, meta["latent_shape"], sampling, device, dtype)
     if tokenizer is not None:
         images = decode_latents(tokenizer, denormalise(z, meta["stats"]), device, dtype)
@@ -613,7 +614,7 @@ def held_out_check(run):
     cfg, mcfg = run.cfg, run.cfg["monitor"]
     row = dict(step=run.step, **validation_loss(run.ema, run.heldout.latents.to(run.device),
                                                 run.heldout.labels.to(run.device), cfg["seed"], run.device, run.dtype))
-    sampling = dict(cfg["sample"], num_steps=mcfg["num_steps"],
+    sampling = dict(cfg["sample"], num_steps=mcfg["num_steps"], start_t=0.0,
                     cfg_scale=cfg["sample"]["cfg_scale"] if run.heldout.num_classes > 1 else 1.0)
     result = run.heldout.score_model(run.ema, sampling, mcfg["samples_per_class"], cfg["seed"], run.meta["latent_shape"],
                                      run.device, run.dtype)
@@ -796,7 +797,7 @@ def choose_sampling(run):
     best = read_checkpoint(os.path.join(run.settings.output_dir, "checkpoints", "best.pt"), what="best.pt")
     model = copy.deepcopy(run.ema)   # not a new LightningDiT: building one would draw from the training RNG
     model.load_state_dict(dit_state_dict_from_checkpoint(best, prefer_ema=True))
-    base = dict(run.cfg["sample"], num_steps=mcfg["num_steps"])
+    base = dict(run.cfg["sample"], num_steps=mcfg["num_steps"], start_t=0.0)
     chosen, tried = tune_sampling(lambda s: run.heldout.score_model(model, s, mcfg["samples_per_class"],
                                                                     run.cfg["seed"], run.meta["latent_shape"],
                                                                     run.device, run.dtype), base)

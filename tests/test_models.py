@@ -310,6 +310,21 @@ def test_euler_is_exact_on_the_grid_and_heun_second_order():
     assert model.calls == 5
 
 
+def test_sampling_from_a_later_start_time():
+    z = torch.ones(1, 1, 1, 1)
+    y = torch.tensor([0])
+    # v = 2t from t = 0.5: exact x(1) = x(0.5) + 1 - 0.25; Heun is exact for linear-in-t v
+    assert abs(sample(TimeFlow(), z, y, 3, method="heun", t_start=0.5).item() - 1.75) < 1e-6
+    # Euler's 4 steps sit at t = 0.2, 0.4, 0.6, 0.8 on [0.2, 1]: x = 1 + sum(2 t_i) * 0.2
+    assert abs(sample(TimeFlow(), z, y, 4, t_start=0.2).item() - (1 + 2 * (0.2 + 0.4 + 0.6 + 0.8) * 0.2)) < 1e-6
+    model = AffineFlow(1.0)
+    sample(model, z, y, 5, t_start=0.4)
+    assert model.calls == 5   # num_steps counts the steps over [t_start, 1]
+    assert torch.equal(sample(AffineFlow(0.5), z, y, 6), sample(AffineFlow(0.5), z, y, 6, t_start=0.0))
+    with pytest.raises(ValueError, match="t_start"):
+        sample(AffineFlow(1.0), z, y, 2, t_start=1.0)
+
+
 class LabelVelocity(torch.nn.Module):
     """Conditional velocity c (per channel), unconditional 0: guided v = cfg_scale * c on every channel."""
     num_classes = 2

@@ -107,6 +107,34 @@ def test_bad_input(tmp_path, run_dir, capsys):
     assert code == 2 and "positive integer" in stderr
 
 
+def test_variations_start_from_the_training_images(tmp_path, run_dir, capsys):
+    from pipeline.generate import variation_source
+    from pipeline.latents import load_latents
+    settings = gen(run_dir, tmp_path / "default")["settings"]
+    assert settings["start_t"] == 0.3 and settings["sources_sha1"]     # the config's default: variations
+    pure = gen(run_dir, tmp_path / "pure", "--start_t", "0")["settings"]
+    assert "start_t" not in pure and "sources_sha1" not in pure         # as runs before start_t existed
+    # started at t = 0.9, each image stays nearest to the training latent variation_source picked for it
+    gen(run_dir, tmp_path / "near", "--start_t", "0.9", "--save_latents")
+    out = load_file(tmp_path / "near" / "latents.safetensors")
+    data = load_latents(run_dir.parent / "latents")
+    for z, c, k in zip(out["latents"], out["labels"].tolist(), out["index"].tolist()):
+        train = data["latents"][(data["split"] == 0) & (data["labels"] == c)]
+        assert int(torch.cdist(z.flatten()[None], train.flatten(1)).argmin()) == variation_source(0, c, k, len(train))
+    assert [variation_source(0, 1, k, 7) for k in range(14)][7:] == [variation_source(0, 1, k, 7) for k in range(7)]
+    assert sorted(variation_source(0, 1, k, 7) for k in range(7)) == list(range(7))   # each image once per cycle
+
+    # the run's latents gone or changed: one line that says what to do
+    ckpt = torch.load(run_dir / "checkpoints" / "best.pt", weights_only=True)
+    for change, message in (({"latent_dir": str(tmp_path / "moved")}, "not on this machine"),
+                            ({"latents_fingerprint": "0" * 16}, "not the ones this run trained on")):
+        torch.save(dict(ckpt, **change), tmp_path / "changed.pt")
+        code, stderr = cli_error(stage3.main, ["--checkpoint", tmp_path / "changed.pt", "--vavae_path", "demo",
+                                               "--output_dir", tmp_path / "o5", "--device", "cpu"], capsys)
+        assert code == 2 and message in stderr and "--start_t 0" in stderr, stderr
+    gen(tmp_path / "changed.pt", tmp_path / "o6", "--start_t", "0")   # pure noise needs no training latents
+
+
 def test_two_ranks_split_the_work_and_match_one_process(tmp_path, run_dir):
     gen(run_dir, tmp_path / "one")
     cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2", f"--master_port={free_port()}",
