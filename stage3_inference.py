@@ -30,8 +30,8 @@ def parse_args(argv=None):
     p.add_argument("--cfg_interval_start", type=fraction, help="guide only where t >= this")
     p.add_argument("--timestep_shift", type=nonnegative_float)
     p.add_argument("--start_t", type=fraction,
-                   help="default: the run's config (0.3): each image is a variation of a training image, the flow "
-                        "started at t = this from it; 0: from pure noise")
+                   help="default: the run's choice (stage 2), else its config: each image is a variation of a "
+                        "training image, the flow started at t = this from it; 0: from pure noise")
     p.add_argument("--steps", type=positive_int, help="ODE steps")
     p.add_argument("--method", choices=["euler", "heun"])
     p.add_argument("--seed", type=nonnegative_int)

@@ -87,7 +87,9 @@ class SampleConfig:
     cfg_scale: float = 2.0
     cfg_interval_start: float = 0.0
     timestep_shift: float = 0.0
-    start_t: float = 0.3                # stage 3: variations of training images from t = 0.3; 0: from pure noise
+    start_t: float = 0.2                # stage 3: images are variations of training images, the flow started at
+                                        # this t (pipeline.generate); stage 2 chooses it when it tunes sampling
+                                        # (pipeline.heldout.choose_start); 0: from pure noise
 
 
 @dataclass

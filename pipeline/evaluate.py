@@ -304,10 +304,11 @@ def memorisation(gen, train):
     A copy scores ~0; a new sample from the same distribution scores ~1. Returns (ratios, nearest index)."""
     g, t = gen.flatten(1), train.flatten(1)
     nearest, which = torch.cdist(g, t).min(dim=1)
-    d_tt = torch.cdist(t, t)
-    d_tt.fill_diagonal_(float("inf"))
-    spacing = d_tt.min(dim=1).values.clamp_min(1e-8)
-    return nearest / spacing[which], which
+    used, slot = torch.unique(which, return_inverse=True)   # only the training images that are someone's nearest:
+    d_ut = torch.cdist(t[used], t)                           # (U, N), not (N, N), for large training sets
+    d_ut[torch.arange(len(used)), used] = float("inf")
+    spacing = d_ut.min(dim=1).values.clamp_min(1e-8)
+    return nearest / spacing[slot], which
 
 
 @torch.no_grad()

@@ -42,7 +42,7 @@ from pipeline.common import (UsageError, autocast, cleanup_distributed, init_dis
                              pick_precision, run_lock, write_text_atomic)
 from pipeline.config import ADDED_KEYS, config_differences, save_config
 from pipeline.generate import decode_latents, denormalise, image_seed, latent_maps, sample_latents
-from pipeline.heldout import RECOGNISED_MARGIN, HeldoutSet, tune_sampling
+from pipeline.heldout import MAX_MEMORISED, RECOGNISED_MARGIN, HeldoutSet, choose_start, tune_sampling
 from pipeline.latents import load_latents, read_dataset
 from pipeline.plot import labelled_grid, loss_plot
 from pipeline.stats import load_stats, pooled_std, read_recommendation
@@ -788,22 +788,30 @@ def _agree(reason, world, device):
 
 
 def choose_sampling(run):
-    """Pick guidance scale and interval for best.pt on held-out data and record them in it (once per best step;
-    not for one class: nothing to guide towards)."""
+    """Pick guidance scale and interval for best.pt on held-out data (not for one class: nothing to guide
+    towards), then the variation start with that guidance; record them in best.pt (once per best step)."""
     best_step, mcfg = run.monitor["best_step"], run.cfg["monitor"]
-    if (not mcfg["tune_sampling"] or best_step is None or len(run.meta["classes"]) == 1
-            or (run.sampling or {}).get("step") == best_step):
+    if not mcfg["tune_sampling"] or best_step is None or (run.sampling or {}).get("step") == best_step:
         return
     best = read_checkpoint(os.path.join(run.settings.output_dir, "checkpoints", "best.pt"), what="best.pt")
     model = copy.deepcopy(run.ema)   # not a new LightningDiT: building one would draw from the training RNG
     model.load_state_dict(dit_state_dict_from_checkpoint(best, prefer_ema=True))
-    base = dict(run.cfg["sample"], num_steps=mcfg["num_steps"], start_t=0.0)
-    chosen, tried = tune_sampling(lambda s: run.heldout.score_model(model, s, mcfg["samples_per_class"],
-                                                                    run.cfg["seed"], run.meta["latent_shape"],
-                                                                    run.device, run.dtype), base)
-    run.sampling = dict(cfg_scale=chosen["cfg_scale"], cfg_interval_start=chosen["cfg_interval_start"], step=best_step)
-    table = ", ".join(f"cfg {s['cfg_scale']:g}/{s['cfg_interval_start']:g}: {r['recognised']:.2f}" for s, r in tried)
-    run.log(f"sampling chosen on held-out data for best.pt (step {best_step}): cfg_scale {chosen['cfg_scale']:g}, "
-            f"cfg_interval_start {chosen['cfg_interval_start']:g}, the weakest guidance recognised within "
-            f"{RECOGNISED_MARGIN:g} of the best (share of samples recognised as their class: {table})")
+    chosen = dict(run.cfg["sample"], num_steps=mcfg["num_steps"], start_t=0.0)
+    draw = dict(per_class=mcfg["samples_per_class"], seed=run.cfg["seed"], latent_shape=run.meta["latent_shape"],
+                device=run.device, dtype=run.dtype)
+    run.sampling = dict(step=best_step)
+    if len(run.meta["classes"]) > 1:
+        chosen, tried = tune_sampling(lambda s: run.heldout.score_model(model, s, **draw), chosen)
+        run.sampling.update(cfg_scale=chosen["cfg_scale"], cfg_interval_start=chosen["cfg_interval_start"])
+        table = ", ".join(f"cfg {s['cfg_scale']:g}/{s['cfg_interval_start']:g}: {r['recognised']:.2f}" for s, r in tried)
+        run.log(f"sampling chosen on held-out data for best.pt (step {best_step}): cfg_scale {chosen['cfg_scale']:g}, "
+                f"cfg_interval_start {chosen['cfg_interval_start']:g}, the weakest guidance recognised within "
+                f"{RECOGNISED_MARGIN:g} of the best (share of samples recognised as their class: {table})")
+    else:
+        chosen["cfg_scale"] = 1.0
+    start, tried = choose_start(lambda t: run.heldout.memorised_fraction(model, dict(chosen, start_t=t), **draw))
+    run.sampling["start_t"] = start
+    run.log(f"variation start for stage 3: start_t {start:g}, the largest whose samples are at most {MAX_MEMORISED:.0%} "
+            f"copies of a training latent (share of copies: "
+            + ", ".join(f"{t:g}: {share:.3f}" for t, share in tried) + ")")
     save_best(run.settings.output_dir, dict(best, sampling=run.sampling))

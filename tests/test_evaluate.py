@@ -239,3 +239,16 @@ def test_evaluate_cli_errors(argv, message, capsys):
     with pytest.raises(SystemExit) as stop:
         ev.main(argv)
     assert stop.value.code == 2 and message in capsys.readouterr().err
+
+
+def test_memorisation_ratio_is_distance_over_local_spacing():
+    import torch
+    torch.manual_seed(0)
+    train = torch.randn(50, 3, 4, 4)
+    gen = torch.cat([train[:5] + 0.01 * torch.randn(5, 3, 4, 4), torch.randn(20, 3, 4, 4)])
+    ratio, which = ev.memorisation(gen, train)
+    d = torch.cdist(train.flatten(1), train.flatten(1))
+    d.fill_diagonal_(float("inf"))
+    expected = torch.cdist(gen.flatten(1), train.flatten(1)).min(dim=1).values / d.min(dim=1).values[which]
+    torch.testing.assert_close(ratio, expected)   # computed on the needed rows only, same as the full matrix
+    assert (ratio[:5] < 0.05).all() and which[:5].tolist() == list(range(5)) and (ratio[5:] > 0.5).all()

@@ -7,8 +7,8 @@ import torch
 
 import stage2_train_dit as stage2
 from pipeline.checkpoint import latest_checkpoint
-from pipeline.heldout import (GUIDANCE_GRID, HeldoutSet, heldout_score, fit_projection, guidance_strength,
-                              latent_features, project, tune_sampling)
+from pipeline.heldout import (GUIDANCE_GRID, START_GRID, HeldoutSet, choose_start, heldout_score, fit_projection,
+                              guidance_strength, latent_features, project, tune_sampling)
 from pipeline.train import batch_indices, resolve_max_steps, time_shift, update_monitor, new_monitor
 from tests.helpers import stage2_args
 
@@ -58,6 +58,37 @@ def test_tune_sampling_picks_the_weakest_guidance_that_is_recognised_nearly_as_o
     assert flat["cfg_scale"] == 1.0      # guidance that recognises nothing more is not used
     spiky, _ = tune_sampling(lambda s: dict(recognised=1.0 if s["cfg_scale"] == 6.0 else 0.5, score=0.0), base)
     assert spiky["cfg_scale"] == 6.0     # only the strongest setting is recognised: it is chosen
+
+
+def test_choose_start_takes_the_largest_start_before_copies_appear():
+    asked = []
+
+    def copies(start):   # copies appear from 0.3 on; 0.4 would be under the limit again but is never reached
+        asked.append(start)
+        return {0.3: 0.05, 0.35: 0.2}.get(start, 0.0)
+
+    start, tried = choose_start(copies)
+    assert start == 0.25 and [s for s, _ in tried] == asked == [0.1, 0.15, 0.2, 0.25, 0.3]
+    assert choose_start(lambda s: 0.0)[0] == max(START_GRID)
+    assert choose_start(lambda s: 0.02)[0] == 0.0            # even the first start copies: pure noise
+    assert choose_start(lambda s: 0.01)[0] == max(START_GRID)  # at the limit is allowed
+
+
+def test_memorised_fraction_counts_variations_that_copy_their_source():
+    train, train_y = _two_classes(20, 3.0, 0)
+    held, held_y = _two_classes(5, 3.0, 1)
+    heldout = HeldoutSet(train, train_y, held, held_y, 2)
+
+    class Still(torch.nn.Module):   # velocity 0: a variation stays where it starts, s * source + (1 - s) * noise
+        num_classes = 2
+
+        def forward(self, x, t, y):
+            return torch.zeros_like(x)
+
+    sampling = dict(num_steps=2, method="euler", cfg_scale=1.0, cfg_interval_start=0.0, timestep_shift=0.0)
+    share = {s: heldout.memorised_fraction(Still(), dict(sampling, start_t=s), 10, 0, [4, 4, 4], "cpu")
+             for s in (0.0, 0.5, 0.95)}
+    assert share[0.0] == 0.0 and share[0.95] == 1.0 and share[0.0] <= share[0.5] <= share[0.95]
 
 
 def test_update_monitor_marks_the_turn_once():

@@ -110,8 +110,10 @@ def test_bad_input(tmp_path, run_dir, capsys):
 def test_variations_start_from_the_training_images(tmp_path, run_dir, capsys):
     from pipeline.generate import variation_source
     from pipeline.latents import load_latents
+    chosen = torch.load(run_dir / "checkpoints" / "best.pt", weights_only=True)["sampling"]["start_t"]
+    assert chosen > 0                                                   # stage 2 chose a start for variations
     settings = gen(run_dir, tmp_path / "default")["settings"]
-    assert settings["start_t"] == 0.3 and settings["sources_sha1"]     # the config's default: variations
+    assert settings["start_t"] == chosen and settings["sources_sha1"]  # and stage 3 uses it by default
     pure = gen(run_dir, tmp_path / "pure", "--start_t", "0")["settings"]
     assert "start_t" not in pure and "sources_sha1" not in pure         # as runs before start_t existed
     # started at t = 0.9, each image stays nearest to the training latent variation_source picked for it
