@@ -203,6 +203,9 @@ def run_set(name, args):
         rec["derived"] = derived(metrics)
         rec["targets"] = targets(metrics, rec["derived"])
         rec["stage2_steps"] = _trained_steps(os.path.join(d, "run"))
+        used = json.load(open(os.path.join(d, "generated", "samples.json")))["settings"]
+        rec["sampling"] = {k: used.get(k, 0.0 if k == "start_t" else None)
+                           for k in ("cfg_scale", "cfg_interval_start", "start_t", "num_steps", "method")}
     except (ValueError, RuntimeError) as e:
         rec["error"] = str(e)
     return rec
@@ -250,7 +253,7 @@ def _f(x, fmt="{:.3f}"):
 
 
 COLUMNS = ["set", "real", "gen (÷real)", "tstr", "real_only", "tstr÷real_only", "aug (−real_only)", "precision",
-           "recall", "memorised", "targets met", "s1 s", "s2 s", "s3 s", "total s"]
+           "recall", "memorised", "targets met", "cfg, start_t", "s1 s", "s2 s", "s3 s", "total s"]
 
 
 def table_row(rec):
@@ -265,7 +268,8 @@ def table_row(rec):
         _f(m.get("tstr_accuracy")), _f(m.get("real_only_accuracy")), _f(d["tstr_over_real_only"], "{:.2f}"),
         f"{_f(m.get('augmented_accuracy'))} ({_f(d['augmented_minus_real_only'], '{:+.3f}')})",
         _f(m.get("precision")), _f(m.get("recall")), _f(m.get("memorisation_fraction")),
-        f"{len(met)}/4", *(f"{t[s]:.0f}" for s in ("stage1", "stage2", "stage3", "total"))]) + " |"
+        f"{len(met)}/4", "{:g}/{:g}, {:g}".format(*(rec["sampling"][k] for k in ("cfg_scale", "cfg_interval_start", "start_t"))),
+        *(f"{t[s]:.0f}" for s in ("stage1", "stage2", "stage3", "total"))]) + " |"
 
 
 def markdown(records, prov):

@@ -251,7 +251,7 @@ def _generate(job, rank, world, local_rank):
     original_sizes = ckpt["original_sizes"] or {} if job.original_size else None
     stats = ckpt["stats"]
     weights = "ema" if not job.no_ema else "model"
-    sources = training_latents(ckpt) if sampling["start_t"] > 0 else None
+    sources = training_latents(ckpt, sampling["start_t"]) if sampling["start_t"] > 0 else None
     # start_t is recorded only when used, so output dirs of pure-noise runs keep their settings
     recorded = {k: v for k, v in sampling.items() if k != "start_t" or v > 0}
     if sources is not None:
@@ -315,25 +315,25 @@ def _generate(job, rank, world, local_rank):
     return manifest, tokenizer
 
 
-def training_latents(ckpt):
+def training_latents(ckpt, start_t):
     """{class id: its normalised training latents (n, C, h, w)} from the run's stage 1 output, for variations.
     They must be the latents the run trained on (its fingerprint): a one-line error says what to do otherwise."""
     latent_dir = ckpt["latent_dir"]
     if not latent_dir or not os.path.isdir(latent_dir):
-        raise UsageError(f"--start_t {ckpt['config']['sample'].get('start_t')}: images are variations of the training "
+        raise UsageError(f"--start_t {start_t:g}: images are variations of the training "
                          f"images, but the run's latent dir ({latent_dir}) is not on this machine; copy it there or "
                          f"pass --start_t 0 to sample from pure noise")
     data = load_latents(latent_dir)
     if ckpt.get("latents_fingerprint") not in (None, latents_fingerprint(data)):
-        raise UsageError(f"--start_t: the latents in {latent_dir} are not the ones this run trained on (stage 1 was "
-                         f"run again?); pass --start_t 0 to sample from pure noise, or train on them again")
+        raise UsageError(f"--start_t {start_t:g}: the latents in {latent_dir} are not the ones this run trained on "
+                         f"(stage 1 was run again?); pass --start_t 0 to sample from pure noise, or train on them again")
     train = data["split"] == 0
     latents, labels = normalise(data["latents"][train].float(), ckpt["stats"]), data["labels"][train]
     found = {c: latents[labels == c] for c in range(len(ckpt["classes"]))}
     empty = [ckpt["classes"][c] for c, x in found.items() if len(x) == 0]
     if empty:
-        raise UsageError(f"--start_t: class(es) {', '.join(empty)} have no training latents in {latent_dir}; "
-                         f"pass --start_t 0 to sample from pure noise")
+        raise UsageError(f"--start_t {start_t:g}: class(es) {', '.join(empty)} have no training latents in "
+                         f"{latent_dir}; pass --start_t 0 to sample from pure noise")
     return found
 
 
