@@ -176,6 +176,7 @@ def test_8_resume_from_another_models_checkpoint(tmp_path, latent_dir, run):
     ("train.max_steps=-5", "train.max_steps=-5: must be >= 1"), ("train.lr=abc", "could not be converted"),
     ("train.lr=-1", "train.lr=-1.0: must be >= 1e-12"), ("sample.method=rk4", "use one of euler, heun"),
     ("train.nonsense=1", "unknown key train.nonsense"), ("monitor.patience=-1", "must be >= 0"), ("model=3", "unknown key model"),
+    ("sample.start_t=0.99", r"sample.start_t=0.99: must be in \[0.0, 0.95\]"),
 ])
 def test_8_ill_typed_or_out_of_range_overrides(override, message):
     with pytest.raises(UsageError, match=message):

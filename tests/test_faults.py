@@ -249,7 +249,8 @@ BAD_FLAGS = {
     # stage 2's config flags are checked by the config schema (tests/test_data_safety.py::test_8_bad_stage2_flags)
     stage2: [("--time_budget", "-1h"), ("--time_budget", "forever")],
     stage3: [("--num_per_class", "0"), ("--num_per_class", "lots"), ("--cfg_scale", "-1"), ("--cfg_scale", "big"),
-             ("--cfg_interval_start", "2"), ("--timestep_shift", "-0.5"), ("--steps", "0"), ("--steps", "1.5"),
+             ("--cfg_interval_start", "2"), ("--timestep_shift", "-0.5"), ("--start_t", "1"), ("--start_t", "-0.1"),
+             ("--steps", "0"), ("--steps", "1.5"),
              ("--method", "rk4"), ("--seed", "-3"), ("--batch_size", "0"), ("--decode_chunk", "-1"),
              ("--precision", "fp64"), ("--archive", "rar"), ("--preset", "turbo")],
 }
