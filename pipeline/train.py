@@ -791,7 +791,8 @@ def choose_sampling(run):
     """Pick guidance scale and interval for best.pt on held-out data (not for one class: nothing to guide
     towards), then the variation start with that guidance; record them in best.pt (once per best step)."""
     best_step, mcfg = run.monitor["best_step"], run.cfg["monitor"]
-    done = (run.sampling or {}).get("step") == best_step and "start_t" in run.sampling   # (runs from before start_t)
+    sampling = run.sampling or {}
+    done = sampling.get("step") == best_step and "start_t" in sampling   # runs from before start_t: choose it now
     if not mcfg["tune_sampling"] or best_step is None or done:
         return
     best = read_checkpoint(os.path.join(run.settings.output_dir, "checkpoints", "best.pt"), what="best.pt")
