@@ -158,3 +158,15 @@ def test_time_shift_is_stateless_and_only_moves_along_time():
     assert torch.allclose(a.sum(-1), x.sum(-1), atol=1e-5)               # a roll along time keeps every row's sum
     assert torch.equal(time_shift(x, 0.0, 0, 3, 0), x)
     assert torch.equal(batch_indices(0, 5, 0, 10, 4), batch_indices(0, 5, 0, 10, 4))
+
+
+def test_a_run_from_before_start_t_gets_one_when_resumed(tmp_path, latent_dir):
+    args = stage2_args(latent_dir, tmp_path / "run", "monitor.every=5", steps=10)
+    stage2.main(args)
+    for path in (latest_checkpoint(tmp_path / "run"), tmp_path / "run" / "checkpoints" / "best.pt"):
+        ckpt = torch.load(path, weights_only=True)
+        del ckpt["sampling"]["start_t"]    # as stage 2 wrote it before variations existed
+        torch.save(ckpt, path)
+    stage2.main(args)                      # nothing left to train: only the sampling choice is completed
+    best = torch.load(tmp_path / "run" / "checkpoints" / "best.pt", weights_only=True)
+    assert best["sampling"]["start_t"] in (0.0, *START_GRID) and best["sampling"]["step"] == best["step"]
