@@ -61,9 +61,11 @@ def main(argv=None):
     manifest, tokenizer = result
     s = manifest["settings"]
     total = sum(c["count"] for c in manifest["classes"].values())
+    origin = f"variations of the training images from t={s['start_t']}" if s.get("start_t") else "from pure noise"
     print(f"{total} images ({len(manifest['classes'])} classes, {manifest['generated_this_run']} new) in "
           f"{args.output_dir} - {s['method']} {s['num_steps']} steps, cfg {s['cfg_scale']} (interval from "
-          f"t={s['cfg_interval_start']}), step {s['step']} ({manifest['checkpoint_picked']}); grid.png, samples.json"
+          f"t={s['cfg_interval_start']}), {origin}, step {s['step']} ({manifest['checkpoint_picked']}); grid.png, "
+          f"samples.json"
           + (f", {manifest['archive']}" if "archive" in manifest else ""))
     if args.eval:
         from pipeline.evaluate import evaluate_run
