@@ -39,6 +39,12 @@ def variation_source(seed, class_id, k, n):
     return int(order[k % n])
 
 
+def variation_sources(by_class, seed, jobs):
+    """(B, C, h, w): for each (class c, image k) of `jobs`, the training latent it is a variation of;
+    `by_class[c]` holds class c's normalised training latents (n_c, C, h, w)."""
+    return torch.stack([by_class[c][variation_source(seed, c, k, len(by_class[c]))] for c, k in jobs])
+
+
 def sample_latents(model, labels, seeds, latent_shape, sampling, device, dtype=None, sources=None):
     """Normalised latents (B, C, h, w) at t=1 for labels (B,) from per-image seeds.
     `sampling`: dict with num_steps, method, cfg_scale, cfg_interval_start, timestep_shift and optionally

@@ -46,7 +46,7 @@ import numpy as np
 import torch
 
 from pipeline.evaluate import MEMORISATION_THRESHOLD, memorisation
-from pipeline.generate import image_seed, sample_latents, variation_source
+from pipeline.generate import image_seed, sample_latents, variation_sources
 
 PROFILE_BINS = 4
 MAX_DIMS = 32
@@ -128,16 +128,10 @@ class HeldoutSet:
         self.latents = heldout_latents.cpu()
         self.labels = heldout_labels.cpu()
         self.num_classes = num_classes
-        self.train_latents = train_latents.cpu()
-        self.class_rows = [torch.nonzero(train_labels.cpu() == c).flatten() for c in range(num_classes)]
-        features = latent_features(self.train_latents)
+        self.train_by_class = [train_latents.cpu()[train_labels.cpu() == c] for c in range(num_classes)]
+        features = latent_features(train_latents.cpu())
         self.projection = fit_projection(features)
         self.train = (project(features, self.projection), train_labels.cpu())   # features computed once
-
-    def sources(self, seed, jobs):
-        """The normalised training latents that the variations (class c, image k) in `jobs` start from."""
-        rows = [int(self.class_rows[c][variation_source(seed, c, k, len(self.class_rows[c]))]) for c, k in jobs]
-        return self.train_latents[rows]
 
     def sample(self, model, sampling, per_class, seed, latent_shape, device, dtype=None, batch_size=256):
         """`per_class` latents per class with fixed seeds (variations of training latents when
@@ -148,7 +142,7 @@ class HeldoutSet:
         for start in range(0, len(jobs), batch_size):
             part = jobs[start:start + batch_size]
             seeds = [image_seed(seed + 7, c, k) for c, k in part]
-            sources = self.sources(seed + 7, part) if variations else None
+            sources = variation_sources(self.train_by_class, seed + 7, part) if variations else None
             out.append(sample_latents(model, [c for c, _ in part], seeds, latent_shape, sampling, device, dtype,
                                       sources=sources).cpu())
         return torch.cat(out), torch.tensor([c for c, _ in jobs])
@@ -162,7 +156,7 @@ class HeldoutSet:
     def memorised_fraction(self, model, sampling, per_class, seed, latent_shape, device, dtype=None):
         """Share of the samples that are copies of a training latent (MEMORISATION_THRESHOLD rule)."""
         gen, _ = self.sample(model, sampling, per_class, seed, latent_shape, device, dtype)
-        ratio, _ = memorisation(gen.float(), self.train_latents.float())
+        ratio, _ = memorisation(gen.float(), torch.cat(self.train_by_class).float())
         return float((ratio < MEMORISATION_THRESHOLD).double().mean())
 
 

@@ -32,7 +32,7 @@ from pipeline.common import (UsageError, atomic_path, barrier, cleanup_distribut
 from pipeline.config import config_differences
 from pipeline.evaluate import check_heldout
 from pipeline.generate import (decode_latents, denormalise, image_seed, normalise, sample_latents,
-                               variation_source)
+                               variation_sources)
 from pipeline.images import load_for_tokenizer, save_image, unique_folder_names
 from pipeline.latents import load_latents
 from pipeline.plot import labelled_grid
@@ -279,8 +279,7 @@ def _generate(job, rank, world, local_rank):
     for start in range(0, len(mine), job.batch_size):
         batch = mine[start:start + job.batch_size]
         seeds = [image_seed(job.seed, c, k) for c, k in batch]
-        starts = None if sources is None else torch.stack(
-            [sources[c][variation_source(job.seed, c, k, len(sources[c]))] for c, k in batch])
+        starts = None if sources is None else variation_sources(sources, job.seed, batch)
         z = sample_latents(model, [c for c, _ in batch], seeds, latent_shape, sampling, device, dtype, sources=starts)
         z = denormalise(z, stats)
         if job.save_latents:
@@ -316,7 +315,7 @@ def _generate(job, rank, world, local_rank):
 
 
 def training_latents(ckpt, start_t):
-    """{class id: its normalised training latents (n, C, h, w)} from the run's stage 1 output, for variations.
+    """[per class id: its normalised training latents (n, C, h, w)] from the run's stage 1 output, for variations.
     They must be the latents the run trained on (its fingerprint): a one-line error says what to do otherwise."""
     latent_dir = ckpt["latent_dir"]
     if not latent_dir or not os.path.isdir(latent_dir):
@@ -329,8 +328,8 @@ def training_latents(ckpt, start_t):
                          f"(stage 1 was run again?); pass --start_t 0 to sample from pure noise, or train on them again")
     train = data["split"] == 0
     latents, labels = normalise(data["latents"][train].float(), ckpt["stats"]), data["labels"][train]
-    found = {c: latents[labels == c] for c in range(len(ckpt["classes"]))}
-    empty = [ckpt["classes"][c] for c, x in found.items() if len(x) == 0]
+    found = [latents[labels == c] for c in range(len(ckpt["classes"]))]
+    empty = [name for name, x in zip(ckpt["classes"], found) if len(x) == 0]
     if empty:
         raise UsageError(f"--start_t {start_t:g}: class(es) {', '.join(empty)} have no training latents in "
                          f"{latent_dir}; pass --start_t 0 to sample from pure noise")

@@ -310,6 +310,13 @@ def update_monitor(monitor, step, score):
     return improved, turned
 
 
+def judging_sampling(cfg, num_classes, **changes):
+    """Sampling settings for stage 2's own samples (grids, held-out checks, the choices at the end): the
+    config's, from pure noise (stage 2 judges the model itself; start_t is stage 3's), unguided for one class."""
+    return dict(cfg["sample"], cfg_scale=cfg["sample"]["cfg_scale"] if num_classes > 1 else 1.0, start_t=0.0,
+                **changes)
+
+
 def save_sample_grid(path, ema, meta, cfg, device, dtype, tokenizer, step=None):
     """One row per class, fixed noise across the run, EMA weights; decoded when a tokenizer is given. Each row
     is labelled with its class (all rows are generated)."""
@@ -318,7 +325,7 @@ def save_sample_grid(path, ema, meta, cfg, device, dtype, tokenizer, step=None):
     labels = [c for c in range(len(classes)) for _ in range(per_class)]
     seeds = [image_seed(cfg["seed"], c, k) for c in range(len(classes)) for k in range(per_class)]
     # stage 2 judges the model itself: its samples start from pure noise (start_t is stage 3's)
-    sampling = dict(cfg["sample"], cfg_scale=cfg["sample"]["cfg_scale"] if len(classes) > 1 else 1.0, start_t=0.0)
+    sampling = judging_sampling(cfg, len(classes))
     z = sample_latents(ema, labels, seeds, meta["latent_shape"], sampling, device, dtype)
     if tokenizer is not None:
         images = decode_latents(tokenizer, denormalise(z, meta["stats"]), device, dtype)
@@ -614,8 +621,7 @@ def held_out_check(run):
     cfg, mcfg = run.cfg, run.cfg["monitor"]
     row = dict(step=run.step, **validation_loss(run.ema, run.heldout.latents.to(run.device),
                                                 run.heldout.labels.to(run.device), cfg["seed"], run.device, run.dtype))
-    sampling = dict(cfg["sample"], num_steps=mcfg["num_steps"], start_t=0.0,
-                    cfg_scale=cfg["sample"]["cfg_scale"] if run.heldout.num_classes > 1 else 1.0)
+    sampling = judging_sampling(cfg, run.heldout.num_classes, num_steps=mcfg["num_steps"])
     result = run.heldout.score_model(run.ema, sampling, mcfg["samples_per_class"], cfg["seed"], run.meta["latent_shape"],
                                      run.device, run.dtype)
     row.update(heldout_score=result["score"], heldout_fd=result["fd"], heldout_tstr=result["tstr"])
@@ -798,7 +804,7 @@ def choose_sampling(run):
     best = read_checkpoint(os.path.join(run.settings.output_dir, "checkpoints", "best.pt"), what="best.pt")
     model = copy.deepcopy(run.ema)   # not a new LightningDiT: building one would draw from the training RNG
     model.load_state_dict(dit_state_dict_from_checkpoint(best, prefer_ema=True))
-    chosen = dict(run.cfg["sample"], num_steps=mcfg["num_steps"], start_t=0.0)
+    chosen = judging_sampling(run.cfg, len(run.meta["classes"]), num_steps=mcfg["num_steps"])
     draw = dict(per_class=mcfg["samples_per_class"], seed=run.cfg["seed"], latent_shape=run.meta["latent_shape"],
                 device=run.device, dtype=run.dtype)
     run.sampling = dict(step=best_step)
@@ -809,8 +815,6 @@ def choose_sampling(run):
         run.log(f"sampling chosen on held-out data for best.pt (step {best_step}): cfg_scale {chosen['cfg_scale']:g}, "
                 f"cfg_interval_start {chosen['cfg_interval_start']:g}, the weakest guidance recognised within "
                 f"{RECOGNISED_MARGIN:g} of the best (share of samples recognised as their class: {table})")
-    else:
-        chosen["cfg_scale"] = 1.0
     start, tried = choose_start(lambda t: run.heldout.memorised_fraction(model, dict(chosen, start_t=t), **draw))
     run.sampling["start_t"] = start
     run.log(f"variation start for stage 3: start_t {start:g}, the largest whose samples are at most {MAX_MEMORISED:.0%} "
