@@ -58,6 +58,11 @@ NAMES = tuple(n for b in BASE_NAMES for n in (b, b + "_r"))
 FINE = 1024        # entries of the table that pixels are matched against
 DEFAULT_MAX_RESIDUAL = 6.0   # levels; covers 8-bit rounding and mild JPEG noise, far below off-map colours
 DEFAULT_QUANTILE = 0.9       # up to 10% of pixels may be background, text or annotation
+# JPEG chroma noise and a figure's resampling (blends of neighbouring pixels' colours, far off the curve
+# where speckle makes neighbours differ) push the 90th percentile past the limit while most pixels stay on
+# the map: then the median must fit and every other family must be NOISY_MARGIN x further away
+NOISY_QUANTILE = 0.5
+NOISY_MARGIN = 5.0
 
 
 def _split(name):
@@ -239,20 +244,29 @@ def detect_colormap(pixels, max_residual=DEFAULT_MAX_RESIDUAL, quantile=DEFAULT_
     """Which map a data set uses: pixels (N, 3) float in [0, 1] ->
     {'name': str or None, 'residual': float (levels), 'runner_up': (name, residual), 'reason': str}.
     name is None when even the best map leaves `quantile` of the pixels further than max_residual
-    levels away (the set stays RGB); the reason names the best map and its residual either way.
-    runner_up is the best map of another family (neither the winner's reverse nor another jet)."""
-    rows = _rank(_fit(pixels, quantile, max_pixels, seed))
-    name, residual, median, on_map = rows[0]
-    # the best map of another family: a wide margin to it means the fit is clear even when JPEG
-    # chroma subsampling lifts every residual (callers may then accept a larger max_residual)
-    runner = next((r[0], r[1]) for r in rows if r[0].split("_")[0] != name.split("_")[0])
+    levels away (the set stays RGB) unless the median pixel fits and every other family is far (noisy
+    exports, see NOISY_QUANTILE); the reason names the best map and its residual either way. runner_up is
+    the best map of another family; quantile is the one the residual was taken at."""
+    def best_and_runner(q):
+        rows = _rank(_fit(pixels, q, max_pixels, seed))
+        # the best map of another family (neither the winner's reverse nor another jet)
+        return rows[0], next((r[0], r[1]) for r in rows if r[0].split("_")[0] != rows[0][0].split("_")[0])
+
+    (name, residual, median, on_map), runner = best_and_runner(quantile)
     pct = int(round(quantile * 100))
     if residual > max_residual:
-        return {"name": None, "residual": residual, "runner_up": runner,
+        (name50, residual50, median50, on_map50), runner50 = best_and_runner(NOISY_QUANTILE)
+        if residual50 <= max_residual and runner50[1] >= NOISY_MARGIN * max(residual50, 1.0):
+            return {"name": name50, "residual": residual50, "runner_up": runner50, "quantile": NOISY_QUANTILE,
+                    "reason": f"{name50}: median distance {residual50:.1f} levels <= {max_residual:g}, every "
+                              f"other map at least {NOISY_MARGIN:g}x further ({runner50[0]}: {runner50[1]:.1f}); "
+                              f"the {pct}th percentile ({residual:.1f}) is JPEG or resampling noise; "
+                              f"orientation: the median pixel sits at {median50:.2f} on {name50}"}
+        return {"name": None, "residual": residual, "runner_up": runner, "quantile": quantile,
                 "reason": f"no colour map fits: best is {name} with {pct}th-percentile distance "
                           f"{residual:.1f} levels > {max_residual:g} ({on_map:.0%} of pixels within 3 "
                           f"levels); kept as RGB"}
-    return {"name": name, "residual": residual, "runner_up": runner,
+    return {"name": name, "residual": residual, "runner_up": runner, "quantile": quantile,
             "reason": f"{name}: {pct}th-percentile distance {residual:.1f} levels <= {max_residual:g} "
                       f"({on_map:.0%} of pixels within 3 levels); orientation: the median pixel sits at "
                       f"{median:.2f} on {name} (the noise floor is taken to be the low end)"}

@@ -186,10 +186,11 @@ def decide_color(scans, color, names, max_residual=cm.DEFAULT_MAX_RESIDUAL):
     found = cm.detect_colormap(_pooled_pixels(scans, colour), max_residual=max_residual)
     if found["name"] is None:
         return dict(out, color_mode="rgb", reason=found["reason"])
-    residuals = file_residuals([scans[i]["pixels"] for i in colour], found["name"])
+    residuals = file_residuals([scans[i]["pixels"] for i in colour], found["name"], found["quantile"])
     out["off_map"] = [dict(file=names[i], residual=round(r, 1)) for i, r in zip(colour, residuals)
                       if r > OFF_MAP_FACTOR * max_residual]
-    reason = (f"colour map {found['name']} (fit residual {found['residual']:.1f} levels; next best family "
+    at = "" if found["quantile"] == cm.DEFAULT_QUANTILE else " at the median: a noisy export"
+    reason = (f"colour map {found['name']} (fit residual {found['residual']:.1f} levels{at}; next best family "
               f"{found['runner_up'][0]} at {found['runner_up'][1]:.1f}): inverted to one intensity channel")
     return dict(out, color_mode="gray", colormap=dict(name=found["name"], residual=round(found["residual"], 3)),
                 reason=reason)

@@ -131,6 +131,28 @@ def test_grayscale_fits_gray_with_zero_residual_and_orientation_by_the_floor():
     assert cm.detect_colormap(1.0 - dark_floor)["name"] == "gray_r"  # white floor: reversed gray
 
 
+def test_a_resampled_export_of_a_speckled_set_is_still_detected():
+    """Measured spectrograms are speckled. A figure export resamples them (imshow into a larger canvas:
+    neighbours' colours blended in RGB, off the curve), which puts the 90th percentile past the limit
+    while the median stays on the map (JPEG chroma noise does the same)."""
+    rng = np.random.default_rng(5)
+    t, f = np.linspace(0, 1, 96)[None, :], np.linspace(-1, 1, 64)[:, None]
+    pixels = []
+    for _ in range(4):
+        speckle = np.asarray(Image.fromarray((rng.random((32, 48)) * 255).astype(np.uint8))
+                             .resize((96, 64), Image.BILINEAR)) / 255.0 - 0.5
+        s = np.clip(0.15 + 0.7 * np.exp(-((f - 0.5 * np.sin(4 * np.pi * t)) ** 2) / 0.01) + 0.4 * speckle, 0, 1)
+        img = Image.fromarray((cm.apply_colormap(s, "jet") * 255).round().astype(np.uint8))
+        pixels.append(np.asarray(img.resize((289, 193), Image.BILINEAR)).reshape(-1, 3) / 255.0)
+    pixels = np.concatenate(pixels)
+    strict = cm.fit_colormap(pixels)[0]
+    assert strict[0] == "jet" and strict[1] > cm.DEFAULT_MAX_RESIDUAL   # the 90th-percentile rule alone: RGB
+    found = cm.detect_colormap(pixels)
+    assert found["name"] == "jet" and found["quantile"] == cm.NOISY_QUANTILE, found
+    assert found["runner_up"][1] >= cm.NOISY_MARGIN * max(found["residual"], 1.0)
+    assert "median distance" in found["reason"]
+
+
 @pytest.mark.parametrize("kind", ["uniform", "smooth"])
 def test_photo_like_rgb_fits_no_map(kind):
     rng = np.random.default_rng(3)
