@@ -312,6 +312,15 @@ def finalize(job, files, labels, split, names, size, tokenizer, tok_info, device
     warnings = [f"class {n} has no held-out image (too few images for --val_fraction {job.val_fraction}): "
                 f"it cannot be evaluated" for n, c in counts.items() if job.val_fraction > 0 and c["heldout"] == 0]
     warnings += prep["warnings"]
+    if prep["color_mode"] == "rgb" and str(job.vavae_path) == "demo":
+        warnings.append("the demo tokenizer keeps no colour: an RGB set loses most of its content (see the "
+                        "reconstruction PSNR); pass --color gray or use the released VA-VAE")
+    largest = max((max(s) for s in sizes.values()), default=None)
+    smaller = None if largest is None else max(32, -(-largest // 16) * 16)   # stage 2 needs >= 2x2 latents
+    if largest is not None and largest * 1.5 <= min(size) and smaller < min(size):
+        warnings.append(f"every image is at most {largest} px and is enlarged to {size[0]}x{size[1]}: the latents "
+                        f"gain no detail; --image_size {smaller} gives {(min(size) // smaller) ** 2}x fewer latent "
+                        f"tokens (stage 2 much faster, e.g. on a CPU)")
     for w in warnings:
         print(f"warning: {w}")
 

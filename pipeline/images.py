@@ -68,8 +68,11 @@ def walk_classes(data_dir):
         skipped += more
     empty = [c for c, files in classes.items() if not files]
     if empty:
+        # name why the first skipped file of those folders was not read (e.g. a .npy array: save it as TIFF)
+        why = next((f"; {os.path.relpath(p, data_dir)}: {r}" for p, r in skipped
+                    if os.path.relpath(p, data_dir).split(os.sep)[0] in empty), "")
         raise UsageError(f"--data_dir {data_dir}: class folder(s) without images: {', '.join(empty)} "
-                         f"(supported: {' '.join(IMAGE_EXTENSIONS)}); remove them or add images")
+                         f"(supported: {' '.join(IMAGE_EXTENSIONS)}){why}; remove them or add images")
     return classes, skipped
 
 

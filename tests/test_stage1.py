@@ -117,6 +117,25 @@ def test_gray_in_gray_metadata_and_flip(tmp_path, tokenizer_path):
     assert "latents_flip" in data and not torch.equal(data["latents_flip"], data["latents"])
 
 
+def test_warnings_for_enlarged_images_and_colour_with_the_demo_tokenizer(tmp_path, tokenizer_path):
+    small, rgb = tmp_path / "small" / "a", tmp_path / "rgb" / "a"
+    small.mkdir(parents=True)
+    rgb.mkdir(parents=True)
+    for i in range(3):
+        Image.fromarray(_gradient(16, 16, i).astype(np.uint8)).save(small / f"{i}.png")
+        base = _gradient(40, 40, i).astype(np.uint8)
+        Image.fromarray(np.stack([base, base // 2, 255 - base], -1)).save(rgb / f"{i}.png")
+    info = run_stage1(tmp_path / "small", tmp_path / "o1", tokenizer_path, "--image_size", "64")
+    assert any("at most 16 px and is enlarged to 64x64" in w and "--image_size 32 gives 4x" in w
+               for w in info["warnings"]), info["warnings"]
+    info = run_stage1(tmp_path / "small", tmp_path / "o0", tokenizer_path)   # 32 px: the smallest size already
+    assert not any("enlarged" in w for w in info["warnings"])
+    info = run_stage1(tmp_path / "rgb", tmp_path / "o2", tokenizer_path)             # 40 px -> 32: no warning
+    assert not any("enlarged" in w or "demo tokenizer" in w for w in info["warnings"]), info["warnings"]
+    info = run_stage1(tmp_path / "rgb", tmp_path / "o3", "demo")
+    assert info["color_mode"] == "rgb" and any("demo tokenizer keeps no colour" in w for w in info["warnings"])
+
+
 def test_images_directly_in_data_dir_form_one_class(tmp_path):
     d = tmp_path / "walking"
     d.mkdir()
@@ -203,6 +222,8 @@ def test_bad_inputs_are_one_line_errors_with_exit_code_2(tmp_path, tokenizer_pat
     (tmp_path / "empty").mkdir()
     (tmp_path / "noimg" / "a").mkdir(parents=True)
     (tmp_path / "noimg" / "a" / "x.txt").write_text("no")
+    (tmp_path / "arrays" / "a").mkdir(parents=True)
+    np.save(tmp_path / "arrays" / "a" / "x.npy", np.zeros((4, 4), np.float32))
     good = tmp_path / "good" / "a"
     good.mkdir(parents=True)
     Image.fromarray(_gradient(20, 20).astype(np.uint8)).save(good / "a.png")
@@ -223,6 +244,7 @@ def test_bad_inputs_are_one_line_errors_with_exit_code_2(tmp_path, tokenizer_pat
         (["--data_dir", str(tmp_path / "missing")], "no such folder"),
         (["--data_dir", str(tmp_path / "empty")], "no images"),
         (["--data_dir", str(tmp_path / "noimg")], "without images: a"),
+        (["--data_dir", str(tmp_path / "arrays")], "x.npy: numpy array, not an image: save it as a float TIFF"),
         (["--data_dir", str(tmp_path / "good"), "--vavae_path", str(tmp_path / "nope.pt")], "download.py"),
         (["--data_dir", str(tmp_path / "good"), "--vavae_path", str(tmp_path / "evil.pt")], "--trust_checkpoint"),
         (["--data_dir", str(tmp_path / "good"), "--vavae_path", str(trunc)], "truncated"),
