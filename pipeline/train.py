@@ -42,7 +42,8 @@ from pipeline.common import (UsageError, autocast, cleanup_distributed, init_dis
                              pick_precision, run_lock, write_text_atomic)
 from pipeline.config import ADDED_KEYS, config_differences, save_config
 from pipeline.generate import decode_latents, denormalise, image_seed, latent_maps, sample_latents
-from pipeline.heldout import MAX_MEMORISED, RECOGNISED_MARGIN, HeldoutSet, choose_start, tune_sampling
+from pipeline.heldout import (GUIDANCE_GRID, MAX_MEMORISED, RECOGNISED_MARGIN, START_GRID, HeldoutSet, choose_start,
+                              tune_sampling)
 from pipeline.latents import load_latents, read_dataset
 from pipeline.plot import labelled_grid, loss_plot
 from pipeline.stats import load_stats, pooled_std, read_recommendation
@@ -808,6 +809,9 @@ def choose_sampling(run):
     draw = dict(per_class=mcfg["samples_per_class"], seed=run.cfg["seed"], latent_shape=run.meta["latent_shape"],
                 device=run.device, dtype=run.dtype)
     run.sampling = dict(step=best_step)
+    run.log(f"choosing the sampling settings for best.pt (step {best_step}) on held-out data: "
+            f"{len(GUIDANCE_GRID) if len(run.meta['classes']) > 1 else 0} guidance settings, then up to "
+            f"{len(START_GRID)} variation starts")
     if len(run.meta["classes"]) > 1:
         chosen, tried = tune_sampling(lambda s: run.heldout.score_model(model, s, **draw), chosen)
         run.sampling.update(cfg_scale=chosen["cfg_scale"], cfg_interval_start=chosen["cfg_interval_start"])
