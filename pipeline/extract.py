@@ -52,7 +52,7 @@ class ExtractSettings:
     val_fraction: float = 0.1
     seed: int = 0
     batch_size: int = 32
-    num_workers: int = 4
+    num_workers: int = min(4, os.cpu_count() or 1)   # decoding processes; more than the cores only adds overhead
     shard_size: int = 10000                        # images per shard, the unit of resume
     device: str = "auto"
     precision: str = "auto"

@@ -635,8 +635,10 @@ def held_out_check(run):
         save_best(run.settings.output_dir, run.state(rng=[]))
     best = run.monitor["best_step"]
     if turned:
-        run.log(f"step {run.step}: the held-out score turned (worse than step {best}): the model starts to overfit; "
-                f"best.pt keeps step {best}")
+        # say by how much: a first worse score may be noise, overfitting shows as a rise that goes on
+        rise = result["score"] / run.monitor["best_score"] - 1 if run.monitor["best_score"] else 0.0
+        run.log(f"step {run.step}: the held-out score turned (worse than step {best} by {rise:.1%}): the first sign "
+                f"of overfitting if it keeps rising; best.pt keeps step {best}")
     if mcfg["patience"] and run.monitor["checks_since_best"] >= mcfg["patience"]:
         return f"early stop: no held-out improvement in {mcfg['patience']} checks (best at step {best})"
     return None

@@ -122,7 +122,7 @@ def test_a_run_whose_heldout_signal_turns_keeps_the_earlier_checkpoint_and_stops
     at_4 = torch.load(tmp_path / "run" / "checkpoints" / "0000004.pt", weights_only=True) \
         if (tmp_path / "run" / "checkpoints" / "0000004.pt").exists() else None
     assert best["step"] == 4 and latest["step"] == 8                      # stopped after 2 checks without progress
-    assert "held-out score turned" in out and "early stop" in out
+    assert "held-out score turned (worse than step 4 by 33.3%)" in out and "early stop" in out   # scores 3 -> 4
     assert latest["monitor"]["best_step"] == 4 and best["opt"] is None
     if at_4 is not None:
         assert all(torch.equal(best["ema"][k], at_4["ema"][k]) for k in best["ema"])

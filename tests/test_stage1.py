@@ -136,6 +136,11 @@ def test_warnings_for_enlarged_images_and_colour_with_the_demo_tokenizer(tmp_pat
     assert info["color_mode"] == "rgb" and any("demo tokenizer keeps no colour" in w for w in info["warnings"])
 
 
+def test_default_decoding_workers_fit_the_machine():
+    from pipeline.extract import ExtractSettings
+    assert 1 <= ExtractSettings(data_dir=".").num_workers <= min(4, os.cpu_count() or 1)
+
+
 def test_images_directly_in_data_dir_form_one_class(tmp_path):
     d = tmp_path / "walking"
     d.mkdir()
