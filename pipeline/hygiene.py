@@ -127,12 +127,22 @@ def _near_pairs(thumbs, max_diff):
     return pairs
 
 
+def brightness_scaled(thumbs, quantile=0.999):
+    """Thumbnails (N, S, S) divided by the set's bright level (its `quantile`, within [0.25, 1]): measured
+    spectrograms are dark (rice20: mean 0.04, bright level 0.33), which puts every recording within
+    NEAR_MAX_DIFF of every other one; scaled, different recordings differ again and copies stay close."""
+    thumbs = np.asarray(thumbs, dtype=np.float32)
+    level = float(np.quantile(thumbs, quantile)) if thumbs.size else 1.0
+    level = max(level, 0.25)   # at most 4x: in darker sets 8-bit steps would make copies differ
+    return np.clip(thumbs / level, 0.0, 1.0) if level < 1.0 else thumbs
+
+
 def duplicate_groups(files, thumbs=None, classes=None, max_diff=NEAR_MAX_DIFF, digests=None):
     """Exact and near duplicates among files (paths), within and across classes.
     thumbs: (N, S, S) thumbnails (see thumbnail()) for near duplicates, or None for exact ones only.
     classes: class name per file; by default the name of the file's parent folder.
     Returns [{'kind': 'exact' | 'near', 'files': [...], 'classes': [...]}]: exact groups share their
-    bytes (SHA-256); near groups join files whose thumbnails differ by at most max_diff, after exact
+    bytes (SHA-256); near groups join files whose thumbnails (brightness_scaled) differ by at most max_diff, after exact
     copies were merged (so a near group never repeats an exact one, but lists all copies it touches).
     digests: SHA-256 per file when the caller has them already (stage 1 hashes every file once)."""
     files = list(files)
@@ -149,7 +159,7 @@ def duplicate_groups(files, thumbs=None, classes=None, max_diff=NEAR_MAX_DIFF, d
             raise ValueError(f"duplicate_groups: {len(thumbs)} thumbnails for {len(files)} files")
         reps = [m[0] for m in by_hash.values()]  # one file per distinct content
         copies = {m[0]: m for m in by_hash.values()}
-        for group in _groups(len(reps), _near_pairs(np.asarray(thumbs)[reps], max_diff)):
+        for group in _groups(len(reps), _near_pairs(brightness_scaled(thumbs)[reps], max_diff)):
             idx = sorted(i for g in group for i in copies[reps[g]])
             out.append({"kind": "near", "files": [files[i] for i in idx],
                         "classes": sorted({classes[i] for i in idx})})

@@ -13,7 +13,7 @@ from PIL import Image
 
 from pipeline import colormaps as cm
 from pipeline.figure_trim import find_plot_area, parse_trim, resolve_trim
-from pipeline.hygiene import aspect_warnings, duplicate_groups, thumbnail, walk_images
+from pipeline.hygiene import NEAR_MAX_DIFF, _near_pairs, aspect_warnings, duplicate_groups, thumbnail, walk_images
 from pipeline.value_range import bit_depth_usage, dataset_range, read_raw, scale_to_unit
 
 LEVEL = 1 / 255
@@ -370,6 +370,24 @@ def test_duplicates_found_within_and_across_classes(tmp_path):
                        ("exact", frozenset({"1.png", "copy_of_1.png"})): ["walk"],
                        ("near", frozenset({"2.png", "small_2.jpg"})): ["run", "walk"]}
     assert len(duplicate_groups(paths)) == 2  # exact only without thumbnails
+
+
+def test_dark_measured_like_sets_are_not_all_near_duplicates():
+    """Measured spectrograms are dark (mean ~0.04): raw thumbnails of different recordings are all within
+    NEAR_MAX_DIFF of each other; scaled by the set's bright level they are not, and a re-encoded copy is."""
+    rng = np.random.default_rng(7)
+    imgs = [np.clip(0.5 * spectrogram(rng, 64, 64, floor=0.1) ** 2 + 0.05 * rng.random((64, 64)), 0, 1)
+            for _ in range(12)]
+    shifted = [np.roll(a, 8 * k, axis=1) for k, a in enumerate(imgs)]   # signatures at different times
+    as_8bit = [Image.fromarray((a * 255).round().astype(np.uint8)) for a in shifted]
+    buf = io.BytesIO()
+    as_8bit[3].resize((48, 48), Image.BILINEAR).save(buf, "JPEG", quality=90)
+    thumbs = np.stack([thumbnail(im) for im in as_8bit] + [thumbnail(Image.open(buf))])
+    files = [f"c{k % 3}/{k}.png" for k in range(12)] + ["c0/copy_of_3.jpg"]
+    digests = [str(k) for k in range(13)]
+    assert len(_near_pairs(thumbs[:12], NEAR_MAX_DIFF)) > 10   # unscaled: different recordings look alike
+    groups = duplicate_groups(files, thumbs, digests=digests)
+    assert [sorted(g["files"]) for g in groups] == [["c0/3.png", "c0/copy_of_3.jpg"]], groups
 
 
 def test_aspect_warnings():
