@@ -818,6 +818,12 @@ def choose_sampling(run):
         chosen, tried = tune_sampling(lambda s: run.heldout.score_model(model, s, **draw), chosen)
         run.sampling.update(cfg_scale=chosen["cfg_scale"], cfg_interval_start=chosen["cfg_interval_start"])
         table = ", ".join(f"cfg {s['cfg_scale']:g}/{s['cfg_interval_start']:g}: {r['recognised']:.2f}" for s, r in tried)
+        chance = 1.0 / len(run.meta["classes"])
+        top = max(r["recognised"] for _, r in tried)
+        if top < chance + 0.1:
+            run.log(f"warning: even the best guidance makes samples recognised as their class only {top:.2f} of the "
+                    f"time (chance: {chance:.2f}): the model has not learnt the classes yet, so the choice below is "
+                    f"arbitrary; train longer (train.epochs or train.max_steps)")
         run.log(f"sampling chosen on held-out data for best.pt (step {best_step}): cfg_scale {chosen['cfg_scale']:g}, "
                 f"cfg_interval_start {chosen['cfg_interval_start']:g}, the weakest guidance recognised within "
                 f"{RECOGNISED_MARGIN:g} of the best (share of samples recognised as their class: {table})")

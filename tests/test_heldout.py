@@ -170,3 +170,12 @@ def test_a_run_from_before_start_t_gets_one_when_resumed(tmp_path, latent_dir):
     stage2.main(args)                      # nothing left to train: only the sampling choice is completed
     best = torch.load(tmp_path / "run" / "checkpoints" / "best.pt", weights_only=True)
     assert best["sampling"]["start_t"] in (0.0, *START_GRID) and best["sampling"]["step"] == best["step"]
+
+
+def test_a_guidance_choice_at_chance_level_is_flagged(tmp_path, latent_dir, monkeypatch, capsys):
+    """A run too short to learn the classes: every setting is recognised at chance, and the log says so."""
+    monkeypatch.setattr(HeldoutSet, "score_model",
+                        lambda self, *a, **k: dict(score=1.0, fd=1.0, tstr=0.5, recognised=0.5))   # 2 classes
+    stage2.main(stage2_args(latent_dir, tmp_path / "run", "monitor.every=5", steps=10))
+    out = capsys.readouterr().out
+    assert "recognised as their class only 0.50 of the time (chance: 0.50)" in out and "train longer" in out
