@@ -255,7 +255,7 @@ def detect_colormap(pixels, max_residual=DEFAULT_MAX_RESIDUAL, quantile=DEFAULT_
     (name, residual, median, on_map), runner = best_and_runner(quantile)
     pct = int(round(quantile * 100))
     if residual > max_residual:
-        (name50, residual50, median50, on_map50), runner50 = best_and_runner(NOISY_QUANTILE)
+        (name50, residual50, median50, _), runner50 = best_and_runner(NOISY_QUANTILE)
         if residual50 <= max_residual and runner50[1] >= NOISY_MARGIN * max(residual50, 1.0):
             return {"name": name50, "residual": residual50, "runner_up": runner50, "quantile": NOISY_QUANTILE,
                     "reason": f"{name50}: median distance {residual50:.1f} levels <= {max_residual:g}, every "

@@ -142,8 +142,9 @@ def duplicate_groups(files, thumbs=None, classes=None, max_diff=NEAR_MAX_DIFF, d
     thumbs: (N, S, S) thumbnails (see thumbnail()) for near duplicates, or None for exact ones only.
     classes: class name per file; by default the name of the file's parent folder.
     Returns [{'kind': 'exact' | 'near', 'files': [...], 'classes': [...]}]: exact groups share their
-    bytes (SHA-256); near groups join files whose thumbnails (brightness_scaled) differ by at most max_diff, after exact
-    copies were merged (so a near group never repeats an exact one, but lists all copies it touches).
+    bytes (SHA-256); near groups join files whose thumbnails (brightness_scaled) differ by at most
+    max_diff, after exact copies were merged (so a near group never repeats an exact one, but lists all
+    copies it touches).
     digests: SHA-256 per file when the caller has them already (stage 1 hashes every file once)."""
     files = list(files)
     if classes is None:
