@@ -176,6 +176,7 @@ def test_a_guidance_choice_at_chance_level_is_flagged(tmp_path, latent_dir, monk
     """A run too short to learn the classes: every setting is recognised at chance, and the log says so."""
     monkeypatch.setattr(HeldoutSet, "score_model",
                         lambda self, *a, **k: dict(score=1.0, fd=1.0, tstr=0.5, recognised=0.5))   # 2 classes
+    monkeypatch.setattr(HeldoutSet, "memorised_fraction", lambda self, *a, **k: 1.0)   # no start grid to sample
     stage2.main(stage2_args(latent_dir, tmp_path / "run", "monitor.every=5", steps=10))
     out = capsys.readouterr().out
     assert "recognised as their class only 0.50 of the time (chance: 0.50)" in out and "train longer" in out
