@@ -199,8 +199,9 @@ def _extreme(pixels, tol=2.0 / 255):
     return np.all(pixels <= tol, axis=1) | np.all(pixels >= 1.0 - tol, axis=1)
 
 
-def _fit(pixels, quantile, max_pixels, seed):
-    """[(name, residual, median position, fraction within 3 levels)] for every map, unsorted.
+def _fit(pixels, quantiles, max_pixels, seed):
+    """{quantile: [(name, residual, median position, fraction within 3 levels)] for every map, unsorted}:
+    each pixel is projected on each map once, whatever the number of quantiles.
     A map and its reverse are the same set of colours, so they get the same residual; the orientation
     is decided by a prior instead: most of a spectrogram is noise floor, so the median pixel sits in
     the lower half of the map (dark for gray/hot, blue for jet)."""
@@ -213,14 +214,15 @@ def _fit(pixels, quantile, max_pixels, seed):
     keep = ~_extreme(pixels)
     if keep.sum() < max(10, 0.01 * len(pixels)):  # an all black/white set: judge it on everything
         keep[:] = True
-    rows = []
+    rows = {q: [] for q in quantiles}
     for base in BASE_NAMES:
         pos, dist = _project_image(pixels, base)
-        residual = float(np.quantile(dist[keep], quantile))
         near = dist <= 3.0
         median = float(np.median(pos[near])) if near.any() else float(np.median(pos))
-        rows.append((base, residual, median, float(near[keep].mean())))
-        rows.append((base + "_r", residual, 1.0 - median, float(near[keep].mean())))
+        for q in quantiles:
+            residual = float(np.quantile(dist[keep], q))
+            rows[q].append((base, residual, median, float(near[keep].mean())))
+            rows[q].append((base + "_r", residual, 1.0 - median, float(near[keep].mean())))
     return rows
 
 
@@ -236,7 +238,8 @@ def fit_colormap(pixels, quantile=DEFAULT_QUANTILE, max_pixels=20000, seed=0):
     levels) to the nearest colour on the map, pure white/black pixels left out. Ties (a map and its
     reverse) are broken by orientation: the one putting the median pixel in the lower half comes first.
     """
-    return [(name, residual) for name, residual, _, _ in _rank(_fit(pixels, quantile, max_pixels, seed))]
+    rows = _fit(pixels, (quantile,), max_pixels, seed)[quantile]
+    return [(name, residual) for name, residual, _, _ in _rank(rows)]
 
 
 def detect_colormap(pixels, max_residual=DEFAULT_MAX_RESIDUAL, quantile=DEFAULT_QUANTILE,
@@ -247,8 +250,10 @@ def detect_colormap(pixels, max_residual=DEFAULT_MAX_RESIDUAL, quantile=DEFAULT_
     levels away (the set stays RGB) unless the median pixel fits and every other family is far (noisy
     exports, see NOISY_QUANTILE); the reason names the best map and its residual either way. runner_up is
     the best map of another family; quantile is the one the residual was taken at."""
+    fits = _fit(pixels, (quantile, NOISY_QUANTILE), max_pixels, seed)
+
     def best_and_runner(q):
-        rows = _rank(_fit(pixels, q, max_pixels, seed))
+        rows = _rank(fits[q])
         # the best map of another family (neither the winner's reverse nor another jet)
         return rows[0], next((r[0], r[1]) for r in rows if r[0].split("_")[0] != rows[0][0].split("_")[0])
 
