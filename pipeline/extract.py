@@ -122,6 +122,20 @@ def check_token_count(size, downsample, text):
                          f"{downsample}x), too few tokens for stage 2; use --image_size {2 * downsample} or more")
 
 
+def enlargement_warning(largest, size, downsample):
+    """A warning (or None) when every image (longest side `largest` px) is enlarged to at least 1.5x in
+    `size` (H, W): it names the smallest --image_size that keeps them whole (a multiple of 16, with the
+    2x2 latents check_token_count asks for)."""
+    if largest is None:
+        return None
+    smaller = max(2 * downsample, -(-largest // 16) * 16)
+    if largest * 1.5 > min(size) or smaller >= min(size):
+        return None
+    return (f"every image is at most {largest} px and is enlarged to {size[0]}x{size[1]}: the latents gain no "
+            f"detail; --image_size {smaller} gives {(min(size) // smaller) ** 2}x fewer latent tokens (stage 2 "
+            f"much faster, e.g. on a CPU)")
+
+
 def _settings(job, files, size, tokenizer_info):
     file_hash = hashlib.sha1("\n".join(files).encode()).hexdigest()
     return dict(data_dir=os.path.abspath(job.data_dir), files_sha1=file_hash, num_files=len(files),
@@ -315,12 +329,10 @@ def finalize(job, files, labels, split, names, size, tokenizer, tok_info, device
     if prep["color_mode"] == "rgb" and str(job.vavae_path) == "demo":
         warnings.append("the demo tokenizer keeps no colour: an RGB set loses most of its content (see the "
                         "reconstruction PSNR); pass --color gray or use the released VA-VAE")
-    largest = max((max(s) for s in sizes.values()), default=None)
-    smaller = None if largest is None else max(32, -(-largest // 16) * 16)   # stage 2 needs >= 2x2 latents
-    if largest is not None and largest * 1.5 <= min(size) and smaller < min(size):
-        warnings.append(f"every image is at most {largest} px and is enlarged to {size[0]}x{size[1]}: the latents "
-                        f"gain no detail; --image_size {smaller} gives {(min(size) // smaller) ** 2}x fewer latent "
-                        f"tokens (stage 2 much faster, e.g. on a CPU)")
+    enlarged = enlargement_warning(max((max(s) for s in sizes.values()), default=None), size,
+                                   tokenizer.downsample_factor)
+    if enlarged:
+        warnings.append(enlarged)
     for w in warnings:
         print(f"warning: {w}")
 
