@@ -1,44 +1,98 @@
 #!/usr/bin/env bash
-# One prepared GPU check (at most ~8 minutes on one CUDA GPU): CUDA-only tests, a short stage 2 run with
-# checkpoint + resume, stage 3 sampling, and the throughput/memory benchmarks. Everything goes to
+# One prepared GPU check (about 7 minutes on one H100/H200-class GPU; sections 1, 2 and 4 run side by side): CUDA-only tests, stage 2 runs with
+# checkpoint + resume in bf16 and in fp16 + grad scaler (the T4 path) compared step by step, stage 3
+# sampling, training throughput/MFU of B/1 and XL/1 beside the reference implementation's step, peak memory
+# at the computed 16 GB batch sizes, and stage 1/3 images/s. Everything goes to
 # ${OUT:-bench/out}/gpu_results.jsonl and gpu_check.log; copy the numbers into bench/RESULTS.md.
+#
+#   bash bench/prepare_gpu_carry.sh PATH_TO_hustvl_LightningDiT   # once: .gpu_carry/ (omegaconf, reference)
+#   bash bench/gpu_check.sh                                       # on the GPU machine (carry .gpu_carry)
+#   DRY_RUN=1 bash bench/gpu_check.sh                             # every part, tiny sizes, on a CPU
+#   ONLY="2 3" bash bench/gpu_check.sh                            # some sections again
 set -uo pipefail
 cd "$(dirname "$0")/.."
 OUT=${OUT:-bench/out}
 mkdir -p "$OUT"
 LOG="$OUT/gpu_check.log"; RES="$OUT/gpu_results.jsonl"
-: > "$RES"
+: > "$RES"; : > "$LOG"
 exec > >(tee -a "$LOG") 2>&1
-echo "== $(date -u) $(nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader)"
-python -c "import torch; print('torch', torch.__version__, 'cuda', torch.version.cuda)"
+PY=${PY:-python3}
+export PYTHONUNBUFFERED=1 CI=true   # CI=true: no progress bars in the log
+[ -d .gpu_carry/site ] && export PYTHONPATH="$PWD/.gpu_carry/site${PYTHONPATH:+:$PYTHONPATH}"
+REF=""; [ -d .gpu_carry/reference/models ] && REF="--reference_repo .gpu_carry/reference"
+if [ "${DRY_RUN:-0}" = 1 ]; then
+  B=LightningDiT-B/1; XL=LightningDiT-Tiny/2; BS_B=2; BS_XL=2; STEPS=1
+  S2_MODEL=LightningDiT-Tiny/2; S2_BS=16; S2_STEPS=20; S2_MORE=30; S2_EVERY=10; N_LAT=32
+  S2_EXTRA=(monitor.tune_sampling=false monitor.samples_per_class=4)
+  MEASURE=""; S1="--tokenizer demo --num_images 10 --batch_sizes 5"; S3_MODEL=LightningDiT-Tiny/2; S3_BS=2
+else
+  B=LightningDiT-B/1; XL=LightningDiT-XL/1; BS_B=256; BS_XL=64; STEPS=20
+  S2_MODEL=LightningDiT-B/1; S2_BS=128; S2_STEPS=100; S2_MORE=150; S2_EVERY=50; N_LAT=256
+  S2_EXTRA=(monitor.samples_per_class=16)
+  MEASURE="--measure"; S1="--num_images 256 --batch_sizes 32 --num_workers 8"; S3_MODEL=LightningDiT-B/1; S3_BS=64
+fi
+section() { echo "== $(date -u +%T) $*"; }
+want() { [ -z "${ONLY:-}" ] || [[ " $ONLY " == *" $1 "* ]]; }   # ONLY="2 3": rerun some sections
+section "start: $(nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader 2>/dev/null || echo no GPU)"
+$PY -c "import torch, sys; print('python', sys.version.split()[0], 'torch', torch.__version__, 'cuda', torch.version.cuda, \
+'cudnn', torch.backends.cudnn.version(), 'gpu', torch.cuda.get_device_name() if torch.cuda.is_available() else None)"
 
-echo "== 1. CUDA-only tests"
-timeout 150 python -m pytest -q bench/gpu_tests.py
+TESTS=""
+if want 1; then
+section "1. CUDA-only tests (in the background, beside section 2)"
+timeout 200 $PY -m pytest -q -p no:cacheprovider bench/gpu_tests.py > "$OUT/gpu_tests.txt" 2>&1 &
+TESTS=$!
+fi
 
-echo "== 2. stage 2 (B/1, 200 steps, checkpoint, resume to 300) and stage 3"
-python - <<'PY'
+MEMORY=""
+if want 4; then   # peak memory is per process: measured beside sections 1 and 2, which time nothing
+section "4. peak memory at the computed 16 GB batch sizes, measured (in the background)"
+timeout 200 $PY bench/memory.py $MEASURE --json "$OUT/memory.jsonl" > "$OUT/memory.txt" 2>&1 &
+MEMORY=$!
+fi
+
+if want 2; then
+section "2. stage 2 $S2_MODEL: $S2_STEPS steps with checkpoints, resumed to $S2_MORE; bf16, then fp16 + grad scaler"
+$PY - "$OUT/gpu_latents" "$N_LAT" <<'PY'
+import sys
 from pathlib import Path
 import torch
 from tests.helpers import make_latent_dir
-make_latent_dir(Path("bench/out/gpu_latents"), [torch.randn(32, 1, 1) for _ in range(4)], n_per_class=256,
+torch.manual_seed(0)
+make_latent_dir(Path(sys.argv[1]), [torch.randn(32, 1, 1) for _ in range(4)], n_per_class=int(sys.argv[2]),
                 shape=(32, 16, 16), noise=0.5)
 PY
-rm -rf "$OUT/gpu_run" "$OUT/gpu_gen"
-timeout 120 python stage2_train_dit.py --latent_dir "$OUT/gpu_latents" --output_dir "$OUT/gpu_run" \
-    --model LightningDiT-B/1 --max_steps 200 --batch_size 128 --ckpt_every 100 --sample_every 100 --log_every 50
-timeout 60 python stage2_train_dit.py --latent_dir "$OUT/gpu_latents" --output_dir "$OUT/gpu_run" \
-    --model LightningDiT-B/1 --max_steps 300 --batch_size 128 --ckpt_every 100 --sample_every 100 --log_every 50
-tail -n 2 "$OUT/gpu_run/log.jsonl"
-timeout 60 python stage3_inference.py --checkpoint "$OUT/gpu_run" --vavae_path demo --output_dir "$OUT/gpu_gen" \
-    --num_per_class 16 --batch_size 64
-
-echo "== 3. throughput and memory"
-for args in "--precision bf16 --batch_size 256" "--precision bf16 --batch_size 256 --compile" \
-            "--precision fp16 --batch_size 256" "--precision bf16 --batch_size 256 --grad_checkpointing"; do
-  timeout 120 python bench/stage2_throughput.py --model LightningDiT-B/1 $args --steps 20 --json "$RES"
+for precision in bf16 fp16; do   # the sampling-settings search runs once, in the bf16 run
+  run="$OUT/gpu_run_$precision"; rm -rf "$run"
+  common=(--latent_dir "$OUT/gpu_latents" --output_dir "$run" --model "$S2_MODEL" --batch_size "$S2_BS"
+          --precision "$precision" --ckpt_every "$S2_EVERY" --sample_every "$S2_STEPS" --log_every 10
+          --patience 0 "monitor.every=$S2_EVERY" "${S2_EXTRA[@]}")
+  [ "$precision" = fp16 ] && common+=(monitor.tune_sampling=false)
+  timeout 150 $PY stage2_train_dit.py "${common[@]}" --max_steps "$S2_STEPS" | tail -n 4
+  timeout 120 $PY stage2_train_dit.py "${common[@]}" --max_steps "$S2_MORE" | grep -E "resum|step $S2_MORE|Error|error" | head -n 5
 done
-timeout 90 python bench/stage2_throughput.py --model LightningDiT-XL/1 --precision bf16 --batch_size 64 --steps 10 --json "$RES"
-timeout 60 python bench/memory.py --measure --json "$RES"
-timeout 60 python bench/stage1_throughput.py --batch_sizes 32 --precisions bf16 fp16 --num_images 128 >> "$RES"
-timeout 60 python bench/stage3_throughput.py --batch_sizes 64 --precisions bf16 >> "$RES"
-echo "== done: $RES"
+$PY bench/compare_losses.py "$OUT/gpu_run_bf16" "$OUT/gpu_run_fp16" --json "$RES"
+timeout 90 $PY stage3_inference.py --checkpoint "$OUT/gpu_run_fp16" --vavae_path demo --output_dir "$OUT/gpu_gen" \
+    --num_per_class 16 --batch_size 64 --preset fast | tail -n 3
+fi
+if [ -n "$TESTS" ]; then wait "$TESTS"; echo "tests exit $?"; tail -n 15 "$OUT/gpu_tests.txt"; fi
+if [ -n "$MEMORY" ]; then wait "$MEMORY"; echo "memory exit $?"; cat "$OUT/memory.txt"; cat "$OUT/memory.jsonl" >> "$RES"; fi
+
+if want 3; then
+section "3. training throughput and MFU (our step beside the reference's where .gpu_carry/reference exists)"
+s2() { timeout "$1" $PY bench/stage2_throughput.py --steps "$STEPS" --json "$RES" "${@:2}" \
+         | $PY -c "import json,sys; s=sys.stdin.read(); r=json.loads(s) if s.strip() else {}; print({k: r.get(k) for k in
+('model','precision','compile','grad_checkpointing','batch_size','images_per_s','mfu','peak_mem_gb','speedup_vs_reference')})"; }
+s2 120 --model "$B" --precision bf16 --batch_size "$BS_B" $REF
+s2 240 --model "$B" --precision bf16 --batch_size "$BS_B" --compile $REF ${REF:+--reference_compile}
+s2 90 --model "$B" --precision fp16 --batch_size "$BS_B"
+s2 90 --model "$B" --precision bf16 --batch_size "$BS_B" --grad_checkpointing
+s2 200 --model "$XL" --precision bf16 --batch_size "$BS_XL" --compile
+fi
+if want 5; then
+section "5. stage 1 (f16d32 VA-VAE, random weights, 256 px) and stage 3 (--preset fast, decode included) images/s"
+timeout 90 $PY bench/stage1_throughput.py $S1 --precisions bf16 fp16 | tee -a "$RES"
+timeout 90 $PY bench/stage3_throughput.py --model "$S3_MODEL" --preset fast --batch_sizes "$S3_BS" \
+    --precisions bf16 fp16 | tee -a "$RES"
+fi
+section "done: $RES"

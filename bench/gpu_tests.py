@@ -48,6 +48,21 @@ def test_fp16_grad_scaler_training_steps_are_finite():
     assert torch.isfinite(loss) and all(torch.isfinite(p).all() for p in m.parameters())
 
 
+def test_fp16_training_starts_from_a_fresh_model():
+    """A zero-initialised output layer (as stage 2 starts) must not make every fp16 step overflow."""
+    from pipeline.train import make_grad_scaler, make_optimizer, train_step
+    torch.manual_seed(0)
+    m = LightningDiT_models["LightningDiT-B/1"](input_size=16, in_channels=32, num_classes=10, **RELEASE_FLAGS).to(DEV)
+    params = [p for p in m.parameters() if p.requires_grad]
+    tcfg = dict(lr=2e-4, beta1=0.9, beta2=0.95, weight_decay=0.0, grad_clip=1.0, cos_loss_weight=1.0)
+    opt, scaler = make_optimizer(params, tcfg), make_grad_scaler(DEV, torch.float16)
+    finite = []
+    for _ in range(5):
+        x1, y = torch.randn(32, 32, 16, 16, device=DEV), torch.randint(10, (32,), device=DEV)
+        finite.append(bool(train_step(m, params, opt, scaler, x1, y, 2e-4, tcfg, DEV, torch.float16)[2]))
+    assert sum(finite) >= 4, finite
+
+
 def test_auto_precision_matches_the_card():
     major, _ = torch.cuda.get_device_capability()
     assert pick_precision("auto", DEV) == (torch.bfloat16 if major >= 8 else torch.float16)

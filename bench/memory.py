@@ -3,16 +3,19 @@ Training memory of LightningDiT on 32x16x16 latents: the largest batch that fits
 (T4/P100 class) with fp16 autocast, with and without gradient checkpointing.
 
     python bench/memory.py                 # computed (analytic model below), any machine
-    python bench/memory.py --measure       # measured peaks on this CUDA GPU, extrapolated linearly
+    python bench/memory.py --measure       # also measured on this CUDA GPU: peaks at batch 4/8/16 (a linear
+                                           # fit) and at the computed 16 GB batch, against the computed peak
 
-Computed model, bytes:
-  states      = 20 * params   (fp32 weights 4 + grads 4 + AdamW m, v 8 + EMA 4)
-  activations = batch * depth * tokens * hidden * 80      without checkpointing
-                (what autograd keeps per block and token under fp16 autocast: fp32 residual and RMSNorm
-                 inputs, fp16 copies for the matmuls, q/k/v and rotary products, SDPA output, SwiGLU's
-                 2 x 8/3 hidden wide intermediates; counted per tensor, about 80 bytes per hidden unit)
-              = batch * tokens * hidden * (4 * depth + 80)   with checkpointing (block inputs in fp32,
-                 plus one block's activations while it is recomputed)
+Computed model, bytes (constants fitted to peaks measured on an H200, PyTorch 2.11, at the computed batch
+sizes: within 4 % for B/1 and XL/1, with and without checkpointing; bench/RESULTS.md, GPU):
+  states      = 22 * params + 0.25 GiB   (fp32 weights 4 + grads 4 + AdamW m, v 8 + EMA 4, plus the fp16
+                copies of the weights that autocast keeps through the step 2; cuBLAS/cuDNN workspaces)
+  activations = batch * depth * tokens * hidden * 70      without checkpointing
+                (what autograd keeps per block and token under fp16 autocast: residual and RMSNorm inputs,
+                 fp16 copies for the matmuls, q/k/v and rotary products, SDPA output, SwiGLU's 2 x 8/3 hidden
+                 wide intermediates)
+              = batch * tokens * hidden * (2 * depth + 90)   with checkpointing (the fp16 block inputs, plus
+                 one block's activations while it is recomputed)
   usable      = 15.0 GiB - 0.5 GiB CUDA context and allocator slack
 """
 
@@ -40,41 +43,54 @@ def params_of(name):
 def computed(name, checkpointing):
     depth, hidden, patch, _ = model_arch(name)
     tokens = (16 // patch) ** 2
-    states = 20 * params_of(name)
-    per_sample = tokens * hidden * ((4 * depth + 80) if checkpointing else 80 * depth)
+    states = 22 * params_of(name) + 0.25 * 2 ** 30
+    per_sample = tokens * hidden * ((2 * depth + 90) if checkpointing else 70 * depth)
     return dict(model=name, grad_checkpointing=checkpointing, basis="computed", states_gb=round(states / 2 ** 30, 2),
                 activations_mb_per_sample=round(per_sample / 2 ** 20, 1),
                 max_batch_16gb=max(0, int((USABLE - states) // per_sample)))
 
 
-def measured(name, checkpointing, batches=(4, 8, 16)):
+def peak_bytes(name, checkpointing, batch, device):
+    """Peak allocated bytes of two fp16-autocast training steps (model, EMA, fused AdamW, grad scaler)."""
     from models.transport import training_losses
+    torch.cuda.empty_cache()
+    m = LightningDiT_models[name](input_size=16, in_channels=32, num_classes=10, **RELEASE_FLAGS).to(device)
+    m.use_checkpoint = checkpointing
+    ema = LightningDiT_models[name](input_size=16, in_channels=32, num_classes=10, **RELEASE_FLAGS).to(device)
+    opt = torch.optim.AdamW(m.parameters(), lr=1e-4, fused=True)
+    scaler = torch.amp.GradScaler("cuda")
+    torch.cuda.reset_peak_memory_stats(device)
+    for _ in range(2):
+        x1, y = torch.randn(batch, 32, 16, 16, device=device), torch.randint(10, (batch,), device=device)
+        with torch.autocast("cuda", dtype=torch.float16):
+            loss = training_losses(m, x1, y)["loss"].mean()
+        opt.zero_grad()
+        scaler.scale(loss).backward()
+        scaler.step(opt)
+        scaler.update()
+    peak = torch.cuda.max_memory_allocated(device)
+    del m, ema, opt, loss
+    return peak
+
+
+def measured(name, checkpointing, batches=(4, 8, 16)):
+    """Peaks at small batches (a linear fit: states + per-sample activations) and at the batch that the
+    computed model gives for 16 GB, against that model's own prediction for it."""
     dev = torch.device("cuda")
-    peaks = []
-    for b in batches:
-        torch.cuda.empty_cache()
-        m = LightningDiT_models[name](input_size=16, in_channels=32, num_classes=10, **RELEASE_FLAGS).to(dev)
-        m.use_checkpoint = checkpointing
-        ema = LightningDiT_models[name](input_size=16, in_channels=32, num_classes=10, **RELEASE_FLAGS).to(dev)
-        opt = torch.optim.AdamW(m.parameters(), lr=1e-4, fused=True)
-        scaler = torch.amp.GradScaler("cuda")
-        torch.cuda.reset_peak_memory_stats()
-        for _ in range(2):
-            x1, y = torch.randn(b, 32, 16, 16, device=dev), torch.randint(10, (b,), device=dev)
-            with torch.autocast("cuda", dtype=torch.float16):
-                loss = training_losses(m, x1, y)["loss"].mean()
-            opt.zero_grad()
-            scaler.scale(loss).backward()
-            scaler.step(opt)
-            scaler.update()
-        peaks.append(torch.cuda.max_memory_allocated())
-        del m, ema, opt
+    plan = computed(name, checkpointing)
+    batch = plan["max_batch_16gb"]
+    peaks = [peak_bytes(name, checkpointing, b, dev) for b in batches]
     slope = (peaks[-1] - peaks[0]) / (batches[-1] - batches[0])
     base = peaks[0] - slope * batches[0]
+    predicted = plan["states_gb"] * 2 ** 30 + batch * plan["activations_mb_per_sample"] * 2 ** 20
+    at_batch = peak_bytes(name, checkpointing, batch, dev) if batch else None
     return dict(model=name, grad_checkpointing=checkpointing, basis=f"measured on {torch.cuda.get_device_name()}",
                 peaks_gb={b: round(p / 2 ** 30, 2) for b, p in zip(batches, peaks)},
-                activations_mb_per_sample=round(slope / 2 ** 20, 1),
-                max_batch_16gb=max(0, int((USABLE - base) // slope)))
+                states_gb=round(base / 2 ** 30, 2), activations_mb_per_sample=round(slope / 2 ** 20, 1),
+                max_batch_16gb=max(0, int((USABLE - base) // slope)),
+                computed_batch=batch, peak_gb_at_computed_batch=round(at_batch / 2 ** 30, 2) if at_batch else None,
+                computed_peak_gb=round(predicted / 2 ** 30, 2),
+                measured_over_computed=round(at_batch / predicted, 3) if at_batch else None)
 
 
 def main():

@@ -44,14 +44,19 @@ def main():
     with tempfile.TemporaryDirectory() as tmp:
         simulate_dataset(tmp, max(1, args.num_images // 5), size=args.image_size)
         files = [f for fs in find_classes(tmp).values() for f in fs]
+        # stage 1's preprocessing decision for a plain grayscale set (prepare_data): no colour map, no value
+        # range to map, the whole image as the plot area
+        prep = dict(color="auto", colormap=None, value_range=None, boxes=[None] * len(files))
         for precision in args.precisions:
             dtype = pick_precision(precision, device)
             for bs in args.batch_sizes:
-                loader = DataLoader(ImageFiles(files, list(range(len(files))), (args.image_size,) * 2, "stretch", "auto"),
+                loader = DataLoader(ImageFiles(files, list(range(len(files))), (args.image_size,) * 2, "stretch", prep),
                                     batch_size=bs, num_workers=args.num_workers, collate_fn=_collate)
                 t = time.perf_counter()
                 n = 0
                 for items in loader:
+                    if items[0]["error"]:
+                        raise SystemExit(f"error: {files[items[0]['index']]}: {items[0]['error']}")
                     x = torch.stack([it["x"] for it in items]).to(device)
                     with torch.inference_mode(), autocast(device, dtype):
                         tok.encode(x).mean.float().cpu()

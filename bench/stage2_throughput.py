@@ -4,10 +4,12 @@ the overhead of the loop around them, peak memory, and model FLOP utilisation (m
 from the config, divided by this device's measured dense matmul rate in the same precision).
 
     python bench/stage2_throughput.py --model LightningDiT-B/1 --batch_size 32 --precision bf16 [--compile]
-        [--grad_checkpointing] [--reference_repo PATH]
+        [--grad_checkpointing] [--reference_repo PATH [--reference_compile]]
 
---reference_repo: a checkout of hustvl/LightningDiT (with timm and einops installed): its model is timed
-side by side (forward, loss, backward, AdamW) in a subprocess, eager mode, same configuration and batch.
+--reference_repo: a checkout of hustvl/LightningDiT (with timm and einops installed; bench/prepare_gpu_carry.sh
+packs its model files): its training step is timed side by side in a subprocess, same model configuration,
+batch and precision (autocast forward, loss, backward, clip, AdamW, EMA), eager or, with --reference_compile,
+with its own torch.compile decorators. Both without gradient checkpointing.
 """
 
 import argparse
@@ -135,32 +137,51 @@ REFERENCE_SNIPPET = r"""
 import json, sys, time, torch
 from models.lightningdit import LightningDiT_models
 cfg = json.loads(sys.argv[1])
+dev = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(cfg["precision"])
 torch.manual_seed(0)
-m = LightningDiT_models[cfg["model"]](input_size=16, in_channels=32, num_classes=10, use_qknorm=False,
-    use_swiglu=True, use_rope=True, use_rmsnorm=True, wo_shift=False)
+def make():
+    return LightningDiT_models[cfg["model"]](input_size=16, in_channels=32, num_classes=10, use_qknorm=False,
+        use_swiglu=True, use_rope=True, use_rmsnorm=True, wo_shift=False).to(dev)
+m, ema = make(), make().requires_grad_(False)
 opt = torch.optim.AdamW(m.parameters(), lr=2e-4, betas=(0.9, 0.95), weight_decay=0)
-x1 = torch.randn(cfg["batch_size"], 32, 16, 16); y = torch.randint(10, (cfg["batch_size"],))
+x1 = torch.randn(cfg["batch_size"], 32, 16, 16, device=dev); y = torch.randint(10, (cfg["batch_size"],), device=dev)
 def step():
-    x0 = torch.randn_like(x1); t = torch.sigmoid(torch.randn(len(x1))); tb = t.view(-1, 1, 1, 1)
-    v = m(tb * x1 + (1 - tb) * x0, t, y); u = x1 - x0
+    x0 = torch.randn_like(x1); t = torch.sigmoid(torch.randn(len(x1), device=dev)); tb = t.view(-1, 1, 1, 1)
+    with torch.autocast(dev.type, dtype=dtype or torch.float32, enabled=dtype is not None):
+        v = m(tb * x1 + (1 - tb) * x0, t, y)
+    u = x1 - x0; v = v.float()
     loss = ((v - u) ** 2).mean() + (1 - torch.nn.functional.cosine_similarity(v, u, dim=1)).mean()
     opt.zero_grad(); loss.backward(); torch.nn.utils.clip_grad_norm_(m.parameters(), 1.0); opt.step()
+    with torch.no_grad():   # the reference's update_ema: one parameter at a time
+        for pe, p in zip(ema.parameters(), m.parameters()):
+            pe.mul_(0.9999).add_(p.data, alpha=1e-4)
+def sync():
+    if dev.type == "cuda": torch.cuda.synchronize()
 for _ in range(cfg["warmup"]): step()
-t = time.perf_counter()
+sync(); t = time.perf_counter()
 for _ in range(cfg["steps"]): step()
-print(json.dumps({"step_ms": 1000 * (time.perf_counter() - t) / cfg["steps"]}))
+sync(); print(json.dumps({"step_ms": 1000 * (time.perf_counter() - t) / cfg["steps"]}))
 """
 
 
-def reference_step(args):
-    """Time the reference model's training step (eager; its @torch.compile decorators disabled)."""
-    cfg = json.dumps(dict(model=args.model, batch_size=args.batch_size, warmup=args.warmup, steps=args.steps))
-    env = dict(os.environ, TORCHDYNAMO_DISABLE="1", PYTHONPATH=args.reference_repo)
+def reference_step(args, dtype):
+    """Time the reference model's training step as its train.py runs it under `accelerate --mixed_precision`:
+    autocast forward, cosine + MSE loss, backward, clip, AdamW, per-parameter EMA. Its own @torch.compile
+    decorators run with --reference_compile and are disabled (eager) without it."""
+    precision = {torch.bfloat16: "bf16", torch.float16: "fp16"}.get(dtype, "fp32")
+    cfg = json.dumps(dict(model=args.model, batch_size=args.batch_size, warmup=args.warmup, steps=args.steps,
+                          precision=precision))
+    paths = [args.reference_repo] + [p for p in os.environ.get("PYTHONPATH", "").split(os.pathsep) if p]
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join(os.path.abspath(p) for p in paths))   # it runs in the repo
+    if not args.reference_compile:
+        env["TORCHDYNAMO_DISABLE"] = "1"
     r = subprocess.run([sys.executable, "-c", REFERENCE_SNIPPET, cfg], cwd=args.reference_repo, env=env,
                        capture_output=True, text=True)
-    if r.returncode:
-        raise SystemExit(f"reference run failed: {r.stderr[-600:]}")
-    return json.loads(r.stdout.strip().splitlines()[-1])
+    if r.returncode:   # ours is still reported; the reason goes with it
+        print(f"reference run failed: {r.stderr[-1500:]}", file=sys.stderr)
+        return None
+    return json.loads(r.stdout.strip().splitlines()[-1])["step_ms"]
 
 
 def _device_name(device):
@@ -181,6 +202,8 @@ def main():
     p.add_argument("--num_latents", type=int, default=2048)
     p.add_argument("--device", default="auto")
     p.add_argument("--reference_repo", default=None)
+    p.add_argument("--reference_compile", action="store_true",
+                   help="keep the reference's own @torch.compile decorators (as it trains) instead of eager")
     p.add_argument("--json", default=None, help="append the result as one JSON line to this file")
     p.add_argument("--rounds", type=int, default=1,
                    help="with --reference_repo: alternate ours/reference this many times and compare medians")
@@ -189,12 +212,15 @@ def main():
     for _ in range(args.rounds if args.reference_repo else 1):
         runs.append(run(args))
         if args.reference_repo:
-            reference.append(reference_step(args)["step_ms"])
+            reference.append(reference_step(args, pick_precision(args.precision, pick_device(args.device))))
     result = sorted(runs, key=lambda r: r["our_model_step_ms"])[len(runs) // 2]   # the median round
-    if reference:
+    if None in reference:
+        result["reference"] = "failed (its error is printed above)"
+    elif reference:
         ours = [r["our_model_step_ms"] for r in runs]
         result["reference"] = dict(step_ms_per_round=[round(v, 1) for v in reference],
-                                   our_step_ms_per_round=ours, what="forward, loss, backward, clip, AdamW; eager")
+                                   our_step_ms_per_round=ours, what="autocast forward, loss, backward, clip, AdamW, EMA; "
+                                   + ("its own torch.compile decorators" if args.reference_compile else "eager"))
         result["speedup_vs_reference"] = round(statistics.median(reference) / statistics.median(ours), 3)
     print(json.dumps(result, indent=1))
     if args.json:

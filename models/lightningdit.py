@@ -192,7 +192,13 @@ class FinalLayer(nn.Module):
 
     def forward(self, x, c):
         shift, scale = self.adaLN_modulation(c).chunk(2, dim=1)
-        return self.linear(modulate(self.norm_final(x), shift, scale))
+        h = modulate(self.norm_final(x), shift, scale)
+        # The output linear runs in fp32 under autocast. It is zero-initialised, so at the first step v = 0
+        # and the cosine loss's gradient is large (up to 1e4 per pixel, models.transport.channel_cosine);
+        # times the fp16 grad scaler's 2^16 it overflowed fp16 here and every step of a fresh fp16 run (the
+        # T4 path) was skipped. A no-op in fp32; a negligible cost (D -> p*p*C per token).
+        with torch.autocast(device_type=h.device.type, enabled=False):
+            return self.linear(h.float())
 
 
 class PatchEmbed(nn.Module):

@@ -6,7 +6,6 @@ x_t = t * x1 + (1 - t) * x0, and the model predicts the velocity u = x1 - x0.
 """
 
 import torch
-import torch.nn.functional as F
 
 
 # --------------------------------------------------------------------------------
@@ -16,6 +15,17 @@ import torch.nn.functional as F
 def sample_lognorm_t(batch_size, device, generator=None):
     """t = sigmoid(n), n ~ N(0, 1): the logit-normal schedule that favours mid-range t. (B,) float32."""
     return torch.sigmoid(torch.randn(batch_size, device=device, generator=generator))
+
+
+def channel_cosine(v, u, eps=1e-8):
+    """Cosine similarity along channels, (B, C, H, W) x2 -> (B, H, W): v.u / (sqrt(|v|^2 + eps) sqrt(|u|^2 + eps)).
+
+    Equal to F.cosine_similarity(v, u, dim=1) to ~eps / |v|^2, but its gradient stays bounded where v = 0
+    (|grad| <= 1 / sqrt(eps)), as it is at every pixel of a zero-initialised model's first step. There
+    F.cosine_similarity's gradient is ~1 / its eps and, on some builds, larger still; times the fp16 grad
+    scaler's 2^16 it overflowed, and every step of a fresh fp16 run (the T4 path) was skipped."""
+    dot = (v * u).sum(dim=1)
+    return dot * torch.rsqrt(v.pow(2).sum(dim=1) + eps) * torch.rsqrt(u.pow(2).sum(dim=1) + eps)
 
 
 def training_losses(model, x1, y, x0=None, t=None):
@@ -35,7 +45,7 @@ def training_losses(model, x1, y, x0=None, t=None):
     v = model(xt, t, y).float()
     u = u.float()
     mse = (v - u).pow(2).mean(dim=tuple(range(1, v.dim())))
-    cos = (1 - F.cosine_similarity(v, u, dim=1)).mean(dim=tuple(range(1, v.dim() - 1)))
+    cos = (1 - channel_cosine(v, u)).mean(dim=tuple(range(1, v.dim() - 1)))
     return {"mse": mse, "cos": cos, "loss": mse + cos}
 
 

@@ -9,7 +9,7 @@ import torch
 from models.lightningdit import (LightningDiT, LightningDiT_models, RELEASE_FLAGS, clean_state_dict,
                                  dit_state_dict_from_checkpoint)
 from models.safe_load import CheckpointError, safe_torch_load
-from models.transport import sample, time_grid, training_losses
+from models.transport import channel_cosine, sample, time_grid, training_losses
 from models.vavae import AutoencoderKL, DCTDemoTokenizer, load_vavae
 from tests.helpers import REFERENCE_DIR, make_tiny_vavae_checkpoint, Payload
 
@@ -230,6 +230,25 @@ def test_autocast_forward_finite_and_close(dtype):
     assert (out.float() - ref).abs().max() < 0.05 * ref.abs().max() + 0.02
 
 
+def test_a_fresh_model_trains_in_fp16_with_the_grad_scaler():
+    """The T4 path from step 0: a zero-initialised output layer makes the cosine loss's gradient ~1/eps at
+    v = 0; it must not overflow fp16 (the grad scaler skipped every step before the output layer ran in fp32)."""
+    from pipeline.train import make_grad_scaler, make_optimizer, train_step
+    torch.manual_seed(0)
+    model = _tiny_dit()
+    params = [p for p in model.parameters() if p.requires_grad]
+    tcfg = dict(lr=2e-4, beta1=0.9, beta2=0.95, weight_decay=0.0, grad_clip=1.0, cos_loss_weight=1.0)
+    opt, cpu = make_optimizer(params, tcfg), torch.device("cpu")
+    scaler = make_grad_scaler(cpu, torch.float16)
+    finite = []
+    for _ in range(3):
+        x1, y = torch.randn(4, 4, 8, 8), torch.tensor([0, 1, 0, 1])
+        _, _, ok = train_step(model, params, opt, scaler, x1, y, tcfg["lr"], tcfg, cpu, torch.float16)
+        finite.append(bool(ok))
+    assert finite == [True, True, True] and scaler.get_scale() == 2.0 ** 16
+    assert model.final_layer.linear.weight.abs().sum() > 0   # it trained
+
+
 # --------------------------------------------------------------------------------
 #                                   Transport
 # --------------------------------------------------------------------------------
@@ -244,6 +263,16 @@ class ConstantVelocity(torch.nn.Module):
 
     def forward(self, x, t, y):
         return torch.full_like(x, self.w)
+
+
+def test_channel_cosine_matches_torch_and_has_a_bounded_gradient_at_zero():
+    torch.manual_seed(0)
+    v, u = torch.randn(3, 32, 4, 4), torch.randn(3, 32, 4, 4)
+    torch.testing.assert_close(channel_cosine(v, u), torch.nn.functional.cosine_similarity(v, u, dim=1),
+                               atol=1e-6, rtol=1e-6)
+    v0 = torch.zeros_like(u, requires_grad=True)
+    channel_cosine(v0, u).sum().backward()
+    assert torch.isfinite(v0.grad).all() and v0.grad.abs().max() <= 1e4   # 1 / sqrt(eps); torch's: ~1e8
 
 
 def test_training_losses_hand_computed():
