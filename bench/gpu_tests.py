@@ -40,7 +40,7 @@ def test_fp16_grad_scaler_training_steps_are_finite():
     x1, y = torch.randn(32, 32, 16, 16, device=DEV), torch.randint(10, (32,), device=DEV)
     for _ in range(5):
         with autocast(DEV, torch.float16):
-            loss = training_losses(m, x1, y)["loss"].mean()
+            loss = training_losses(m, x1, y, bounded_cosine=True)["loss"].mean()
         opt.zero_grad()
         scaler.scale(loss).backward()
         scaler.step(opt)

@@ -63,7 +63,7 @@ def peak_bytes(name, checkpointing, batch, device):
     for _ in range(2):
         x1, y = torch.randn(batch, 32, 16, 16, device=device), torch.randint(10, (batch,), device=device)
         with torch.autocast("cuda", dtype=torch.float16):
-            loss = training_losses(m, x1, y)["loss"].mean()
+            loss = training_losses(m, x1, y, bounded_cosine=True)["loss"].mean()
         opt.zero_grad()
         scaler.scale(loss).backward()
         scaler.step(opt)

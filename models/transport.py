@@ -6,6 +6,7 @@ x_t = t * x1 + (1 - t) * x0, and the model predicts the velocity u = x1 - x0.
 """
 
 import torch
+import torch.nn.functional as F
 
 
 # --------------------------------------------------------------------------------
@@ -22,19 +23,23 @@ def channel_cosine(v, u, eps=1e-8):
 
     Equal to F.cosine_similarity(v, u, dim=1) to ~eps / |v|^2, but its gradient stays bounded where v = 0
     (|grad| <= 1 / sqrt(eps)), as it is at every pixel of a zero-initialised model's first step. There
-    F.cosine_similarity's gradient is ~1 / its eps and, on some builds, larger still; times the fp16 grad
-    scaler's 2^16 it overflowed, and every step of a fresh fp16 run (the T4 path) was skipped."""
+    F.cosine_similarity's gradient is ~1 / its eps and, on some builds (PyTorch 2.11 CUDA), larger still:
+    times the fp16 grad scaler's 2^10..2^16 it was not finite, and every step of a fresh fp16 run (the T4
+    path) was skipped."""
     dot = (v * u).sum(dim=1)
     return dot * torch.rsqrt(v.pow(2).sum(dim=1) + eps) * torch.rsqrt(u.pow(2).sum(dim=1) + eps)
 
 
-def training_losses(model, x1, y, x0=None, t=None):
+def training_losses(model, x1, y, x0=None, t=None, bounded_cosine=False):
     """Per-sample flow-matching losses.
 
     x1: (B, C, H, W) normalised data latents; y: (B,) labels; x0: noise (drawn N(0, I) when None);
     t: (B,) in [0, 1] (drawn logit-normal when None).
     Returns a dict of (B,) float32 tensors: `mse` = mean over C,H,W of (v - u)^2,
-    `cos` = mean over H,W of 1 - cos_sim(v, u) along channels, and `loss` = mse + cos."""
+    `cos` = mean over H,W of 1 - cos_sim(v, u) along channels, and `loss` = mse + cos.
+    bounded_cosine: cos_sim by channel_cosine, for fp16 training with a grad scaler; otherwise by
+    F.cosine_similarity as the reference computes it (the two differ in the first step of a fresh model, where
+    the clipped gradient is all cosine with the one and not with the other, so fp32/bf16 runs keep torch's)."""
     if x0 is None:
         x0 = torch.randn_like(x1)
     if t is None:
@@ -45,7 +50,8 @@ def training_losses(model, x1, y, x0=None, t=None):
     v = model(xt, t, y).float()
     u = u.float()
     mse = (v - u).pow(2).mean(dim=tuple(range(1, v.dim())))
-    cos = (1 - channel_cosine(v, u)).mean(dim=tuple(range(1, v.dim() - 1)))
+    cos_sim = channel_cosine(v, u) if bounded_cosine else F.cosine_similarity(v, u, dim=1)
+    cos = (1 - cos_sim).mean(dim=tuple(range(1, v.dim() - 1)))
     return {"mse": mse, "cos": cos, "loss": mse + cos}
 
 

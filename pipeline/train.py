@@ -226,7 +226,7 @@ def train_step(train_model, params, opt, scaler, x1, y, lr, tcfg, device, dtype)
         group["lr"] = lr
     train_model.train()
     with autocast(device, dtype):
-        losses = training_losses(train_model, x1, y)
+        losses = training_losses(train_model, x1, y, bounded_cosine=dtype == torch.float16)
     loss = (losses["mse"] + tcfg["cos_loss_weight"] * losses["cos"]).mean()
     opt.zero_grad(set_to_none=True)
     scaler.scale(loss).backward()
