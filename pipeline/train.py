@@ -206,6 +206,13 @@ def ema_update(ema, model, decay):
         b_ema.copy_(b)
 
 
+def stop_on_non_finite(bad_steps, max_bad_steps, scale):
+    """Stop after `max_bad_steps` non-finite steps in a row, but not while an fp16 grad scaler is still above 1:
+    each skipped step halves its scale (from 2^16), so a run of skips there is the scaler finding its scale,
+    not divergence. With fp32/bf16 the scale is always 1."""
+    return bad_steps >= max_bad_steps and scale <= 1.0
+
+
 def ema_decay_at(step, target):
     """Warm-up so short runs still get a useful EMA: decay = min(target, (1 + step) / (10 + step))."""
     return min(target, (1 + step) / (10 + step))
@@ -752,7 +759,7 @@ def _train(cfg, settings, rank, world, local_rank):
             if at_log or world == 1:
                 stop_reason = _stop_reason(stop, tcfg["time_budget"], t_start, world, device)
             if at_log:
-                if int(bad_steps) >= tcfg["max_bad_steps"]:
+                if int(bad_steps) and stop_on_non_finite(int(bad_steps), tcfg["max_bad_steps"], run.scaler.get_scale()):
                     stop_reason = f"{int(bad_steps)} non-finite steps in a row"
                 progress.logged(log_interval(run, sum_loss.clone(), steps_in_interval, bad_total, grad_norm, lr, t_log,
                                              t_start))

@@ -160,6 +160,16 @@ def test_non_finite_loss_stops_with_checkpoint(tmp_path, latent_dir):
     assert "non-finite steps in a row" in r.stderr and latest_checkpoint(tmp_path / "run")
 
 
+def test_an_fp16_scaler_finding_its_scale_is_not_divergence():
+    from pipeline.train import make_grad_scaler, stop_on_non_finite
+    assert stop_on_non_finite(10, 10, 1.0) and stop_on_non_finite(12, 10, 0.25)   # fp32/bf16: scale stays 1
+    assert not stop_on_non_finite(9, 10, 1.0)
+    # fp16: 10 skips halve 2^16 to 2^6; the scaler is still searching, so the run goes on
+    scaler = make_grad_scaler(torch.device("cpu"), torch.float16)
+    assert not stop_on_non_finite(10, 10, scaler.get_scale() / 2 ** 10)
+    assert stop_on_non_finite(16, 10, scaler.get_scale() / 2 ** 16)
+
+
 def test_two_process_gloo_ddp(tmp_path, latent_dir):
     cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2", f"--master_port={free_port()}",
            "stage2_train_dit.py", *stage2_args(latent_dir, tmp_path / "ddp", steps=10)]
