@@ -1,9 +1,8 @@
 #!/usr/bin/env bash
 # One prepared GPU check (about 10 minutes on one H100/H200-class GPU; sections 1, 2 and 4 run side by side):
 # CUDA-only tests, stage 2 runs with checkpoint + resume in bf16 and in fp16 + grad scaler (the T4 path)
-# compared step by step, stage 3
-# sampling, training throughput/MFU of B/1 and XL/1 beside the reference implementation's step, peak memory
-# at the computed 16 GB batch sizes, and stage 1/3 images/s. Everything goes to
+# compared step by step, stage 3 sampling, training throughput/MFU of B/1 and XL/1 beside the reference
+# implementation's step, peak memory at the computed 16 GB batch sizes, and stage 1/3 images/s. Everything goes to
 # ${OUT:-bench/out}/gpu_results.jsonl and gpu_check.log; copy the numbers into bench/RESULTS.md.
 #
 #   bash bench/prepare_gpu_carry.sh PATH_TO_hustvl_LightningDiT   # once: .gpu_carry/ (omegaconf, reference)
