@@ -20,11 +20,18 @@ class UsageError(Exception):
 
 
 def run_cli(main):
-    """Run `main()`; turn UsageError/CheckpointError (and disk errors) into `error: ...` and exit code 2."""
+    """Run `main()`; turn UsageError/CheckpointError (and disk errors, GPU out of memory) into `error: ...` and
+    exit code 2."""
     try:
         return main()
     except (UsageError, CheckpointError) as e:
         print(f"error: {e}", file=sys.stderr)
+        sys.exit(2)
+    except torch.cuda.OutOfMemoryError as e:
+        first = str(e).strip().splitlines()[0] if str(e).strip() else "CUDA out of memory"
+        print(f"error: the GPU ran out of memory ({first[:160]}); lower --batch_size, or in stage 2 add "
+              f"--grad_checkpointing with a new --output_dir (the README's GPU settings give the largest batch "
+              f"per card)", file=sys.stderr)
         sys.exit(2)
     except OSError as e:
         if e.errno in (28, 13, 30, 20, 21):  # ENOSPC, EACCES, EROFS, ENOTDIR, EISDIR: earlier outputs are intact

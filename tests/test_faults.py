@@ -146,6 +146,19 @@ def test_disk_full_during_checkpoint_keeps_the_previous_one(tmp_path, latent_dir
     assert not [p for p in os.listdir(tmp_path / "run" / "checkpoints") if p.startswith(".tmp_")]
 
 
+def test_gpu_out_of_memory_is_a_one_line_error(capsys):
+    from pipeline.common import run_cli
+
+    def main():
+        raise torch.cuda.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB (GPU 0; 14.75 GiB total)\n"
+                                          "details on the allocator")
+    with pytest.raises(SystemExit) as e:
+        run_cli(main)
+    err = capsys.readouterr().err
+    assert e.value.code == 2 and err.count("\n") == 1 and "Traceback" not in err
+    assert "Tried to allocate 2.00 GiB" in err and "--batch_size" in err and "--grad_checkpointing" in err
+
+
 def test_unwritable_output_dir_is_a_clear_error(tmp_path, latent_dir):
     blocker = tmp_path / "file"
     blocker.write_text("not a folder")
