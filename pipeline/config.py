@@ -58,7 +58,7 @@ class TrainConfig:
     precision: str = "auto"             # auto | fp32 | fp16 | bf16
     compile: bool = False
     grad_checkpointing: bool = False
-    max_bad_steps: int = 10             # non-finite steps in a row stop the run (checkpoint saved; fp16: once its scale is 1)
+    max_bad_steps: int = 10             # non-finite steps in a row that stop the run (fp16: once its scale is 1)
     time_budget: Optional[float] = None  # seconds
 
 

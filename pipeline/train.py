@@ -759,8 +759,9 @@ def _train(cfg, settings, rank, world, local_rank):
             if at_log or world == 1:
                 stop_reason = _stop_reason(stop, tcfg["time_budget"], t_start, world, device)
             if at_log:
-                if int(bad_steps) and stop_on_non_finite(int(bad_steps), tcfg["max_bad_steps"], run.scaler.get_scale()):
-                    stop_reason = f"{int(bad_steps)} non-finite steps in a row"
+                bad = int(bad_steps)
+                if bad and stop_on_non_finite(bad, tcfg["max_bad_steps"], run.scaler.get_scale()):
+                    stop_reason = f"{bad} non-finite steps in a row"
                 progress.logged(log_interval(run, sum_loss.clone(), steps_in_interval, bad_total, grad_norm, lr, t_log,
                                              t_start))
                 sum_loss.zero_()
