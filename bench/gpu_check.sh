@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# One prepared GPU check (about 10 minutes on one H100/H200-class GPU; sections 1, 2 and 4 run side by side):
+# One prepared GPU check (10-13 minutes on one H100/H200-class GPU; sections 1, 2 and 4 run side by side):
 # CUDA-only tests, stage 2 runs with checkpoint + resume in bf16 and in fp16 + grad scaler (the T4 path)
 # compared step by step, stage 3 sampling, training throughput/MFU of B/1 and XL/1 beside the reference
 # implementation's step, peak memory at the computed 16 GB batch sizes, and stage 1/3 images/s. Everything goes to
@@ -8,13 +8,14 @@
 #   bash bench/prepare_gpu_carry.sh PATH_TO_hustvl_LightningDiT   # once: .gpu_carry/ (omegaconf, reference)
 #   bash bench/gpu_check.sh                                       # on the GPU machine (carry .gpu_carry)
 #   DRY_RUN=1 bash bench/gpu_check.sh                             # every part, tiny sizes, on a CPU
-#   ONLY="2 3" bash bench/gpu_check.sh                            # some sections again
+#   ONLY="2 3" bash bench/gpu_check.sh                            # some sections again (results appended)
+#   ONLY=3 XL_ONLY=1 bash bench/gpu_check.sh                      # only the XL/1 throughput
 set -uo pipefail
 cd "$(dirname "$0")/.."
 OUT=${OUT:-bench/out}
 mkdir -p "$OUT"
 LOG="$OUT/gpu_check.log"; RES="$OUT/gpu_results.jsonl"
-: > "$RES"; : > "$LOG"
+[ -z "${ONLY:-}" ] && { : > "$RES"; : > "$LOG"; }   # a rerun of some sections (ONLY) appends
 exec > >(tee -a "$LOG") 2>&1
 PY=${PY:-python3}
 export PYTHONUNBUFFERED=1 CI=true   # CI=true: no progress bars in the log
@@ -47,6 +48,7 @@ fi
 MEMORY=""
 if want 4; then   # peak memory is per process: measured beside sections 1 and 2, which time nothing
 section "4. peak memory at the computed 16 GB batch sizes, measured (in the background)"
+: > "$OUT/memory.jsonl"
 timeout 200 $PY bench/memory.py $MEASURE --json "$OUT/memory.jsonl" > "$OUT/memory.txt" 2>&1 &
 MEMORY=$!
 fi
@@ -69,7 +71,7 @@ for precision in bf16 fp16; do   # the sampling-settings search runs once, in th
           --patience 0 "monitor.every=$S2_EVERY" "${S2_EXTRA[@]}")
   [ "$precision" = fp16 ] && common+=(monitor.tune_sampling=false)
   timeout 150 $PY stage2_train_dit.py "${common[@]}" --max_steps "$S2_STEPS" | tail -n 4
-  timeout 120 $PY stage2_train_dit.py "${common[@]}" --max_steps "$S2_MORE" | grep -E "resum|step $S2_MORE|Error|error" | head -n 5
+  timeout 120 $PY stage2_train_dit.py "${common[@]}" --max_steps "$S2_MORE" | grep -E "resum|step $S2_MORE|Error|error"
 done
 $PY bench/compare_losses.py "$OUT/gpu_run_bf16" "$OUT/gpu_run_fp16" --json "$RES"
 timeout 90 $PY stage3_inference.py --checkpoint "$OUT/gpu_run_fp16" --vavae_path demo --output_dir "$OUT/gpu_gen" \
@@ -84,12 +86,15 @@ s2() { timeout "$1" $PY bench/stage2_throughput.py --steps "$STEPS" --json "$RES
          | $PY -c "import json,sys; s=sys.stdin.read(); r=json.loads(s) if s.strip() else {}; print({k: r.get(k) for k in
 ('model','precision','compile','grad_checkpointing','batch_size','images_per_s','mfu','peak_mem_gb','speedup_vs_reference')})"; }
 # the first H200 run (2026-11-30): eager B/1 runs ~40 s each, B/1 compiled beside the compiled reference
-# ~120 s; XL/1's compilation did not finish within 110 s, so it gets its own long limit
+# ~120 s; XL/1's compilation did not finish within 110 s, so it runs last with its own limit (or alone:
+# ONLY=3 XL_ONLY=1)
+if [ -z "${XL_ONLY:-}" ]; then
 s2 120 --model "$B" --precision bf16 --batch_size "$BS_B" $REF
 s2 90 --model "$B" --precision fp16 --batch_size "$BS_B"
 s2 90 --model "$B" --precision bf16 --batch_size "$BS_B" --grad_checkpointing
-s2 300 --model "$XL" --precision bf16 --batch_size "$BS_XL" --compile
 s2 240 --model "$B" --precision bf16 --batch_size "$BS_B" --compile $REF ${REF:+--reference_compile}
+fi
+s2 300 --model "$XL" --precision bf16 --batch_size "$BS_XL" --compile
 fi
 if want 5; then
 section "5. stage 1 (f16d32 VA-VAE, random weights, 256 px) and stage 3 (--preset fast, decode included) images/s"

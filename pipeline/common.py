@@ -30,8 +30,8 @@ def run_cli(main):
     except torch.cuda.OutOfMemoryError as e:
         first = str(e).strip().splitlines()[0] if str(e).strip() else "CUDA out of memory"
         print(f"error: the GPU ran out of memory ({first[:160]}); lower --batch_size, or in stage 2 add "
-              f"--grad_checkpointing with a new --output_dir (the README's GPU settings give the largest batch "
-              f"per card)", file=sys.stderr)
+              f"--grad_checkpointing (stage 2: with a new --output_dir, which holds this run's config); the "
+              f"README's GPU settings give the largest batch per card", file=sys.stderr)
         sys.exit(2)
     except OSError as e:
         if e.errno in (28, 13, 30, 20, 21):  # ENOSPC, EACCES, EROFS, ENOTDIR, EISDIR: earlier outputs are intact

@@ -190,7 +190,8 @@ def make_optimizer(params, tcfg):
 
 def make_grad_scaler(device, dtype):
     """The grad scaler also skips steps whose gradients are not finite, in every precision. With fp32/bf16 its
-    scale stays 1 (a power of two), so scaled and unscaled gradients are bit-identical."""
+    scale stays 1 (train_step sets it back after a skip, which would halve it), so scaled and unscaled
+    gradients are bit-identical."""
     fp16 = dtype == torch.float16
     return torch.amp.GradScaler(device.type, init_scale=2.0 ** 16 if fp16 else 1.0,
                                 growth_interval=2000 if fp16 else 2 ** 30)
@@ -240,7 +241,7 @@ def train_step(train_model, params, opt, scaler, x1, y, lr, tcfg, device, dtype)
     scaler.unscale_(opt)
     grad_norm = torch.nn.utils.clip_grad_norm_(params, tcfg["grad_clip"])
     scaler.step(opt)   # skipped when gradients are not finite
-    scaler.update()
+    scaler.update(None if dtype == torch.float16 else 1.0)   # only fp16 moves its scale (a skip would halve it)
     finite = torch.isfinite(loss.detach()) & torch.isfinite(grad_norm)
     values = torch.stack([loss.detach(), losses["mse"].mean().detach(), losses["cos"].mean().detach()]).float()
     return values, grad_norm, finite
@@ -759,9 +760,8 @@ def _train(cfg, settings, rank, world, local_rank):
             if at_log or world == 1:
                 stop_reason = _stop_reason(stop, tcfg["time_budget"], t_start, world, device)
             if at_log:
-                bad = int(bad_steps)
-                if bad and stop_on_non_finite(bad, tcfg["max_bad_steps"], run.scaler.get_scale()):
-                    stop_reason = f"{bad} non-finite steps in a row"
+                if stop_on_non_finite(int(bad_steps), tcfg["max_bad_steps"], run.scaler.get_scale()):
+                    stop_reason = f"{int(bad_steps)} non-finite steps in a row"
                 progress.logged(log_interval(run, sum_loss.clone(), steps_in_interval, bad_total, grad_norm, lr, t_log,
                                              t_start))
                 sum_loss.zero_()

@@ -162,12 +162,31 @@ def test_non_finite_loss_stops_with_checkpoint(tmp_path, latent_dir):
 
 def test_an_fp16_scaler_finding_its_scale_is_not_divergence():
     from pipeline.train import make_grad_scaler, stop_on_non_finite
-    assert stop_on_non_finite(10, 10, 1.0) and stop_on_non_finite(12, 10, 0.25)   # fp32/bf16: scale stays 1
+    assert stop_on_non_finite(10, 10, 1.0) and stop_on_non_finite(12, 10, 0.25)
     assert not stop_on_non_finite(9, 10, 1.0)
     # fp16: 10 skips halve 2^16 to 2^6; the scaler is still searching, so the run goes on
     scaler = make_grad_scaler(torch.device("cpu"), torch.float16)
     assert not stop_on_non_finite(10, 10, scaler.get_scale() / 2 ** 10)
     assert stop_on_non_finite(16, 10, scaler.get_scale() / 2 ** 16)
+
+
+def test_a_skipped_fp32_step_leaves_the_scale_at_1():
+    """A skip halves a grad scaler's scale; outside fp16 train_step keeps it at 1 (else ~150 skips over a long run
+    would drive it to 0 and every later step to NaN)."""
+    from models.lightningdit import LightningDiT
+    from pipeline.train import make_grad_scaler, make_optimizer, train_step
+    torch.manual_seed(0)
+    model = LightningDiT(input_size=8, patch_size=2, in_channels=4, hidden_size=32, depth=1, num_heads=2,
+                         num_classes=2)
+    params = [p for p in model.parameters() if p.requires_grad]
+    tcfg = dict(lr=1e-3, beta1=0.9, beta2=0.95, weight_decay=0.0, grad_clip=1.0, cos_loss_weight=1.0)
+    opt, cpu = make_optimizer(params, tcfg), torch.device("cpu")
+    scaler = make_grad_scaler(cpu, None)
+    x1, y = torch.randn(2, 4, 8, 8), torch.tensor([0, 1])
+    for bad in (True, False):
+        _, _, ok = train_step(model, params, opt, scaler, x1 * (float("inf") if bad else 1.0), y, tcfg["lr"], tcfg,
+                              cpu, None)
+        assert bool(ok) is not bad and scaler.get_scale() == 1.0
 
 
 def test_two_process_gloo_ddp(tmp_path, latent_dir):
