@@ -219,10 +219,10 @@ def _fit(pixels, quantiles, max_pixels, seed):
         pos, dist = _project_image(pixels, base)
         near = dist <= 3.0
         median = float(np.median(pos[near])) if near.any() else float(np.median(pos))
-        for q in quantiles:
-            residual = float(np.quantile(dist[keep], q))
-            rows[q].append((base, residual, median, float(near[keep].mean())))
-            rows[q].append((base + "_r", residual, 1.0 - median, float(near[keep].mean())))
+        on_map = float(near[keep].mean())
+        for q, residual in zip(quantiles, np.quantile(dist[keep], quantiles)):
+            rows[q].append((base, float(residual), median, on_map))
+            rows[q].append((base + "_r", float(residual), 1.0 - median, on_map))
     return rows
 
 
