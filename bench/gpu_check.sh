@@ -9,7 +9,7 @@
 #   bash bench/gpu_check.sh                                       # on the GPU machine (carry .gpu_carry)
 #   DRY_RUN=1 bash bench/gpu_check.sh                             # every part, tiny sizes, on a CPU
 #   ONLY="2 3" bash bench/gpu_check.sh                            # some sections again (results appended)
-#   ONLY=3 XL_ONLY=1 bash bench/gpu_check.sh                      # only the XL/1 throughput
+#   ONLY=3 XL_ONLY=1 bash bench/gpu_check.sh                      # only the XL/1 throughput (eager, compiled)
 set -uo pipefail
 cd "$(dirname "$0")/.."
 OUT=${OUT:-bench/out}
@@ -94,6 +94,7 @@ s2 90 --model "$B" --precision fp16 --batch_size "$BS_B"
 s2 90 --model "$B" --precision bf16 --batch_size "$BS_B" --grad_checkpointing
 s2 240 --model "$B" --precision bf16 --batch_size "$BS_B" --compile $REF ${REF:+--reference_compile}
 fi
+s2 90 --model "$XL" --precision bf16 --batch_size "$BS_XL"
 s2 300 --model "$XL" --precision bf16 --batch_size "$BS_XL" --compile
 fi
 if want 5; then
