@@ -559,7 +559,7 @@ def setup_run(cfg, settings, rank, world, local_rank):
     heldout = None
     if val_mask.any():
         heldout = HeldoutSet(latents, data["labels"][train_mask], (data["latents"][val_mask].to(device) - mean) / std,
-                             data["labels"][val_mask], len(classes))
+                             data["labels"][val_mask], len(classes), scale=stats["std"].flatten())
     meta = dict(classes=classes, latent_shape=latent_shape, color_mode=manifest.get("color_mode", "rgb"),
                 stats={"mean": stats["mean"].cpu(), "std": stats["std"].cpu(), "source": stats_source},
                 image_size=manifest.get("image_size"), tokenizer=manifest.get("tokenizer", {}),

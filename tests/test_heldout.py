@@ -7,8 +7,8 @@ import torch
 
 import stage2_train_dit as stage2
 from pipeline.checkpoint import latest_checkpoint
-from pipeline.heldout import (GUIDANCE_GRID, START_GRID, HeldoutSet, choose_start, heldout_score, fit_projection,
-                              guidance_strength, latent_features, project, tune_sampling)
+from pipeline.heldout import (GUIDANCE_GRID, START_GRID, HeldoutSet, choose_start, copy_share, fit_projection,
+                              guidance_strength, heldout_score, latent_features, project, tune_sampling)
 from pipeline.train import batch_indices, resolve_max_steps, time_shift, update_monitor, new_monitor
 from tests.helpers import stage2_args
 
@@ -89,6 +89,20 @@ def test_memorised_fraction_counts_variations_that_copy_their_source():
     share = {s: heldout.memorised_fraction(Still(), dict(sampling, start_t=s), 10, 0, [4, 4, 4], "cpu")
              for s in (0.0, 0.5, 0.95)}
     assert share[0.0] == 0.0 and share[0.95] == 1.0 and share[0.0] <= share[0.5] <= share[0.95]
+
+
+def test_copies_are_judged_on_the_tokenizer_scale_not_the_normalised_one():
+    """A variation that keeps its source's coarse channel and redraws the faint detail channel is a copy in the
+    image, although on unit-variance latents the redrawn detail makes it look new."""
+    g = torch.Generator().manual_seed(0)
+    train = torch.randn(30, 2, 4, 4, generator=g)                   # normalised: both channels unit variance
+    redrawn = train.clone()
+    redrawn[:, 1] = torch.randn(30, 4, 4, generator=g)             # the detail channel drawn anew
+    scale = torch.tensor([5.0, 0.05])                              # the std each channel was normalised with
+    assert copy_share(redrawn, train, torch.ones(1)) == 0.0        # normalised latents: nothing looks copied
+    assert copy_share(redrawn, train, scale) == 1.0                # the tokenizer's scale: every one is a copy
+    fresh = torch.randn(30, 2, 4, 4, generator=g)
+    assert copy_share(fresh, train, scale) == 0.0                  # new samples are new on either scale
 
 
 def test_update_monitor_marks_the_turn_once():
