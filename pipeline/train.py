@@ -838,6 +838,6 @@ def choose_sampling(run):
     start, tried = choose_start(lambda t: run.heldout.memorised_fraction(model, dict(chosen, start_t=t), **draw))
     run.sampling["start_t"] = start
     run.log(f"variation start for stage 3: start_t {start:g}, the largest whose samples are at most {MAX_MEMORISED:.0%} "
-            f"copies of a training latent (share of copies: "
+            f"copies of a training latent on the tokenizer's scale (share of copies: "
             + ", ".join(f"{t:g}: {share:.3f}" for t, share in tried) + ")")
     save_best(run.settings.output_dir, dict(best, sampling=run.sampling))

@@ -71,7 +71,8 @@ def test_choose_start_takes_the_largest_start_before_copies_appear():
     assert start == 0.25 and [s for s, _ in tried] == asked == [0.1, 0.15, 0.2, 0.25, 0.3]
     assert choose_start(lambda s: 0.0)[0] == max(START_GRID)
     assert choose_start(lambda s: 0.02)[0] == 0.0            # even the first start copies: pure noise
-    assert choose_start(lambda s: 0.01)[0] == max(START_GRID)  # at the limit is allowed
+    assert choose_start(lambda s: 0.006)[0] == 0.0           # one copy in 160 is one too many by default
+    assert choose_start(lambda s: 0.01, limit=0.01)[0] == max(START_GRID)  # at the limit is allowed
 
 
 def test_memorised_fraction_counts_variations_that_copy_their_source():
