@@ -35,9 +35,9 @@ accuracy on both.)
 The variation start (stage 3's default: each image a variation of a training image, see pipeline.generate)
 is chosen last, with the chosen guidance: the largest start_t of START_GRID whose variations are not copies,
 i.e. none of the check's samples (MAX_MEMORISED) lies closer to a training latent than half that latent's
-distance to its own nearest training neighbour (pipeline.evaluate's memorisation rule, `copy_share`). A later start keeps
-more of the training image: on the quality benchmark tstr and augmented accuracy rise with it, and so does
-the share of copies. The rule is applied on the tokenizer's own scale (normalised latents times the std they
+distance to its own nearest training neighbour (pipeline.evaluate's memorisation rule, `copy_share`). A
+later start keeps more of the training image: on the quality benchmark tstr and augmented accuracy rise with
+it, and so does the share of copies. The rule is applied on the tokenizer's own scale (normalised latents times the std they
 were normalised with), not on the unit-variance latents the model sees: per-channel normalisation gives the
 faint fine-detail channels as much weight as the coarse ones, and a variation redraws exactly that detail, so
 on normalised latents it looked new while its image was a copy of the source (a GPU run of the default config
