@@ -37,11 +37,12 @@ is chosen last, with the chosen guidance: the largest start_t of START_GRID whos
 i.e. none of the check's samples (MAX_MEMORISED) lies closer to a training latent than half that latent's
 distance to its own nearest training neighbour (pipeline.evaluate's memorisation rule, `copy_share`). A
 later start keeps more of the training image: on the quality benchmark tstr and augmented accuracy rise with
-it, and so does the share of copies. The rule is applied on the tokenizer's own scale (normalised latents times the std they
-were normalised with), not on the unit-variance latents the model sees: per-channel normalisation gives the
-faint fine-detail channels as much weight as the coarse ones, and a variation redraws exactly that detail, so
-on normalised latents it looked new while its image was a copy of the source (a GPU run of the default config
-on a measured set at 256 px: no copies at start 0.35 by the old rule, 10 % by the evaluation's). On the
+it, and so does the share of copies. The rule is applied on the tokenizer's own scale (normalised latents
+times the std they were normalised with), not on the unit-variance latents the model sees: per-channel
+normalisation gives the faint fine-detail channels as much weight as the coarse ones, and a variation redraws
+exactly that detail, so on normalised latents it looked new while its image was a copy of the source (a GPU
+run of the default config on a measured set at 256 px: no copies at start 0.35 by the old rule, 10 % by the
+evaluation's). On the
 tokenizer's scale the share follows the evaluation's image rule, but still counts up to 3x fewer copies at
 256 px (0.006 against 0.019 at start 0.35, 0.038 against 0.056 at 0.4; equal at 128 px), and the evaluation's
 target is 1 %: so the start is the largest whose check samples hold no copy at all (bench/RESULTS.md, eighth
@@ -172,7 +173,7 @@ def copy_share(gen, train, scale):
     """Share of `gen` (N, C, h, w) that copy a latent of `train` (M, C, h, w) by the evaluation's memorisation
     rule, both multiplied by `scale` (per channel (C,) or one value) first: the normalised latents back on the
     tokenizer's scale, where distances follow the image's coarse structure."""
-    s = scale.float().reshape(1, -1, 1, 1) if scale.numel() > 1 else scale.float()
+    s = scale.float().reshape(1, -1, 1, 1)   # (1, C, 1, 1), or (1, 1, 1, 1) for one value
     ratio, _ = memorisation(gen.float() * s, train.float() * s)
     return float((ratio < MEMORISATION_THRESHOLD).double().mean())
 
