@@ -837,7 +837,8 @@ def choose_sampling(run):
                 f"{RECOGNISED_MARGIN:g} of the best (share of samples recognised as their class: {table})")
     start, tried = choose_start(lambda t: run.heldout.memorised_fraction(model, dict(chosen, start_t=t), **draw))
     run.sampling["start_t"] = start
-    run.log(f"variation start for stage 3: start_t {start:g}, the largest whose samples are at most {MAX_MEMORISED:.0%} "
-            f"copies of a training latent on the tokenizer's scale (share of copies: "
+    allowed = "hold no copy" if MAX_MEMORISED == 0 else f"are at most {MAX_MEMORISED:.0%} copies"
+    run.log(f"variation start for stage 3: start_t {start:g}, the largest whose samples {allowed} of a training "
+            f"latent on the tokenizer's scale (share of copies: "
             + ", ".join(f"{t:g}: {share:.3f}" for t, share in tried) + ")")
     save_best(run.settings.output_dir, dict(best, sampling=run.sampling))
