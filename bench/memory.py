@@ -54,25 +54,24 @@ def computed(name, checkpointing):
 
 
 def peak_bytes(name, checkpointing, batch, device):
-    """Peak allocated bytes of two fp16-autocast training steps (model, EMA, fused AdamW, grad scaler)."""
-    from models.transport import training_losses
+    """Peak allocated bytes of two fp16-autocast steps of stage 2's own training step (model, EMA, fused AdamW,
+    grad scaler, gradient clipping), with the default training settings."""
+    from dataclasses import asdict
+    from pipeline.config import TrainConfig
+    from pipeline.train import make_grad_scaler, make_optimizer, train_step
     torch.cuda.empty_cache()
+    tcfg = asdict(TrainConfig())
     m = LightningDiT_models[name](input_size=16, in_channels=32, num_classes=10, **RELEASE_FLAGS).to(device)
     m.use_checkpoint = checkpointing
     ema = LightningDiT_models[name](input_size=16, in_channels=32, num_classes=10, **RELEASE_FLAGS).to(device)
-    opt = torch.optim.AdamW(m.parameters(), lr=1e-4, fused=True)
-    scaler = torch.amp.GradScaler("cuda")
+    params = list(m.parameters())
+    opt, scaler = make_optimizer(params, tcfg), make_grad_scaler(device, torch.float16)
     torch.cuda.reset_peak_memory_stats(device)
     for _ in range(2):
         x1, y = torch.randn(batch, 32, 16, 16, device=device), torch.randint(10, (batch,), device=device)
-        with torch.autocast("cuda", dtype=torch.float16):
-            loss = training_losses(m, x1, y, bounded_cosine=True)["loss"].mean()
-        opt.zero_grad()
-        scaler.scale(loss).backward()
-        scaler.step(opt)
-        scaler.update()
+        train_step(m, params, opt, scaler, x1, y, tcfg["lr"], tcfg, device, torch.float16)
     peak = torch.cuda.max_memory_allocated(device)
-    del m, ema, opt, loss
+    del m, ema, opt, params
     return peak
 
 
