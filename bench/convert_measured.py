@@ -62,11 +62,14 @@ Conversion
   same mode) so the longer side is N.
 * ``--max_per_class N``: deterministic subsample, the N files with the smallest SHA-1 of their relative
   path (stable under file additions elsewhere, independent of listing order).
+* ``--skip_per_class K``: leave out the first K files of that order first, so ``--skip_per_class 60
+  --max_per_class 60`` gives 60 per class disjoint from ``--max_per_class 60`` alone: a second, independent
+  benchmark set from the same source, written as ``<set>_from<K>``.
 
 CLI
 ---
 ``python bench/convert_measured.py --out /work/data/measured [--sets a,b] [--local_use] [--classes a,b]
-[--max_per_class N] [--folder NAME=PATH[:cmap]] [--mirror_root /work/.mirror] [--size 128] [--no_crop]
+[--max_per_class N] [--skip_per_class K] [--folder NAME=PATH[:cmap]] [--mirror_root /work/.mirror] [--size 128] [--no_crop]
 [--original_max_side 256]``
 Prints per set the classes and counts; writes ``<out>/<set>/manifest.json`` (sources, SHA-1s).
 """
@@ -283,14 +286,13 @@ def items_from_folder(root: Path) -> list[Item]:
     return items
 
 
-def subsample(items: list[Item], max_per_class: int | None) -> dict[str, list[Item]]:
+def subsample(items: list[Item], max_per_class: int | None, skip_per_class: int = 0) -> dict[str, list[Item]]:
     by_cls: dict[str, list[Item]] = {}
     for it in items:
         by_cls.setdefault(it.cls, []).append(it)
     for c in by_cls:
         by_cls[c].sort(key=lambda it: hashlib.sha1(it.rel.encode()).hexdigest())
-        if max_per_class:
-            by_cls[c] = by_cls[c][:max_per_class]
+        by_cls[c] = by_cls[c][skip_per_class:skip_per_class + max_per_class if max_per_class else None]
         by_cls[c].sort(key=lambda it: it.rel)
     return dict(sorted(by_cls.items()))
 
@@ -320,7 +322,7 @@ def original_bytes(data: bytes, max_side: int) -> tuple[bytes, str, list[int] | 
 
 def convert_set(name: str, items: list[Item], colormap: str | None, out: Path, size: int,
                 max_per_class: int | None, source: dict, classes: tuple[str, ...] | None = None,
-                crop: bool = True, original_max_side: int | None = None) -> dict[str, int]:
+                crop: bool = True, original_max_side: int | None = None, skip_per_class: int = 0) -> dict[str, int]:
     """Write one set.  ``original_max_side`` set: copy the source images themselves (colour kept,
     resized only when a side is larger; no crop, no inversion) instead of 8-bit grayscale."""
     if classes:
@@ -329,7 +331,9 @@ def convert_set(name: str, items: list[Item], colormap: str | None, out: Path, s
         if missing:
             raise ValueError(f"{name}: classes {missing} not in the set; present: {sorted(present)}")
         items = [it for it in items if it.cls in classes]
-    by_cls = subsample(items, max_per_class)
+    by_cls = subsample(items, max_per_class, skip_per_class)
+    if skip_per_class:
+        name = f"{name}_from{skip_per_class}"
     dst = out / name
     loaded: list[tuple[str, Item, bytes]] = [(c, it, it.read()) for c, lst in by_cls.items() for it in lst]
     # arrays: one robust range for the whole set
@@ -389,10 +393,10 @@ def convert_set(name: str, items: list[Item], colormap: str | None, out: Path, s
                         **extra})
     if original_max_side is not None:
         manifest = {"set": name, **source, "kind": "original colour images",
-                    "resized_if_side_over": original_max_side, "max_per_class": max_per_class,
+                    "resized_if_side_over": original_max_side, "max_per_class": max_per_class, "skip_per_class": skip_per_class,
                     "classes": list(classes) if classes else None, "counts": counts, "files": records}
     else:
-        manifest = {"set": name, **source, "size": size, "max_per_class": max_per_class,
+        manifest = {"set": name, **source, "size": size, "max_per_class": max_per_class, "skip_per_class": skip_per_class,
                     "classes": list(classes) if classes else None,
                     "colormap_inverted": colormap, "db_range": [lo, hi] if lo is not None else None,
                     "mean_far_from_colormap": far_total / n_img if n_img else None,
@@ -408,6 +412,8 @@ def main(argv=None) -> int:
     ap.add_argument("--folder", action="append", default=[],
                     help="NAME=PATH[:cmap]; a local class-folder set whose licence you have checked")
     ap.add_argument("--max_per_class", type=int, default=None)
+    ap.add_argument("--skip_per_class", type=int, default=0,
+                    help="leave out the first K files per class of the subsample order (a disjoint second set)")
     ap.add_argument("--mirror_root", type=Path, default=Path("/work/.mirror"))
     ap.add_argument("--size", type=int, default=128)
     ap.add_argument("--local_use", action="store_true",
@@ -454,8 +460,8 @@ def main(argv=None) -> int:
                               "use": "registered licence" if spec.licence_ok else
                                      "LOCAL MEASUREMENT ONLY: licence unclear; do not commit or share"},
                              classes=classes, crop=not args.no_crop,
-                             original_max_side=args.original_max_side)
-        _report(name, counts, args.out)
+                             original_max_side=args.original_max_side, skip_per_class=args.skip_per_class)
+        _report(name + (f"_from{args.skip_per_class}" if args.skip_per_class else ""), counts, args.out)
     for f in args.folder:
         name, _, rest = f.partition("=")
         path, _, cmap = rest.partition(":")
@@ -467,8 +473,8 @@ def main(argv=None) -> int:
         counts = convert_set(name, items_from_folder(root), cmap or "jet", args.out, args.size,
                              args.max_per_class, {"local_folder": str(root.resolve())},
                              classes=cls_arg or None, crop=not args.no_crop,
-                             original_max_side=args.original_max_side)
-        _report(name, counts, args.out)
+                             original_max_side=args.original_max_side, skip_per_class=args.skip_per_class)
+        _report(name + (f"_from{args.skip_per_class}" if args.skip_per_class else ""), counts, args.out)
     if not wanted and not args.folder:
         print("no set with a clear licence is registered; nothing converted (use --local_use for local "
               "measurement; see bench/MEASURED_DATA.md)")

@@ -30,3 +30,14 @@ def test_curves_within_and_outside_noise_and_skipped_rows_left_out(tmp_path):
     skipped = _write_log(tmp_path / "d", [0.0] + base[1:], skipped=(0,))
     result = compare(a, skipped)
     assert result["within_noise"] and result["compared_log_rows"] == 7 and result["skipped_steps"] == [0, 10]
+
+
+def test_skipped_subsample_is_disjoint_from_the_first_and_follows_the_same_order():
+    from convert_measured import Item, subsample
+    items = [Item(cls=c, rel=f"{c}/{i:03d}.png", read=None) for c in ("fall", "wave") for i in range(30)]
+    first, second = subsample(items, 10), subsample(items, 10, skip_per_class=10)
+    both = subsample(items, 20)
+    for c in ("fall", "wave"):
+        a, b = {it.rel for it in first[c]}, {it.rel for it in second[c]}
+        assert len(a) == len(b) == 10 and not a & b and a | b == {it.rel for it in both[c]}
+    assert sum(len(v) for v in subsample(items, None, skip_per_class=25).values()) == 10   # the last 5 per class
