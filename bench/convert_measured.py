@@ -69,8 +69,8 @@ Conversion
 CLI
 ---
 ``python bench/convert_measured.py --out /work/data/measured [--sets a,b] [--local_use] [--classes a,b]
-[--max_per_class N] [--skip_per_class K] [--folder NAME=PATH[:cmap]] [--mirror_root /work/.mirror] [--size 128] [--no_crop]
-[--original_max_side 256]``
+[--max_per_class N] [--skip_per_class K] [--folder NAME=PATH[:cmap]] [--mirror_root /work/.mirror] [--size 128]
+[--no_crop] [--original_max_side 256]``
 Prints per set the classes and counts; writes ``<out>/<set>/manifest.json`` (sources, SHA-1s).
 """
 from __future__ import annotations
@@ -286,6 +286,11 @@ def items_from_folder(root: Path) -> list[Item]:
     return items
 
 
+def output_name(name: str, skip_per_class: int) -> str:
+    """The set's folder name: a subsample that skips the first K per class is ``<set>_from<K>``."""
+    return f"{name}_from{skip_per_class}" if skip_per_class else name
+
+
 def subsample(items: list[Item], max_per_class: int | None, skip_per_class: int = 0) -> dict[str, list[Item]]:
     by_cls: dict[str, list[Item]] = {}
     for it in items:
@@ -332,8 +337,7 @@ def convert_set(name: str, items: list[Item], colormap: str | None, out: Path, s
             raise ValueError(f"{name}: classes {missing} not in the set; present: {sorted(present)}")
         items = [it for it in items if it.cls in classes]
     by_cls = subsample(items, max_per_class, skip_per_class)
-    if skip_per_class:
-        name = f"{name}_from{skip_per_class}"
+    name = output_name(name, skip_per_class)
     dst = out / name
     loaded: list[tuple[str, Item, bytes]] = [(c, it, it.read()) for c, lst in by_cls.items() for it in lst]
     # arrays: one robust range for the whole set
@@ -393,10 +397,12 @@ def convert_set(name: str, items: list[Item], colormap: str | None, out: Path, s
                         **extra})
     if original_max_side is not None:
         manifest = {"set": name, **source, "kind": "original colour images",
-                    "resized_if_side_over": original_max_side, "max_per_class": max_per_class, "skip_per_class": skip_per_class,
+                    "resized_if_side_over": original_max_side, "max_per_class": max_per_class,
+                    "skip_per_class": skip_per_class,
                     "classes": list(classes) if classes else None, "counts": counts, "files": records}
     else:
-        manifest = {"set": name, **source, "size": size, "max_per_class": max_per_class, "skip_per_class": skip_per_class,
+        manifest = {"set": name, **source, "size": size, "max_per_class": max_per_class,
+                    "skip_per_class": skip_per_class,
                     "classes": list(classes) if classes else None,
                     "colormap_inverted": colormap, "db_range": [lo, hi] if lo is not None else None,
                     "mean_far_from_colormap": far_total / n_img if n_img else None,
@@ -461,7 +467,7 @@ def main(argv=None) -> int:
                                      "LOCAL MEASUREMENT ONLY: licence unclear; do not commit or share"},
                              classes=classes, crop=not args.no_crop,
                              original_max_side=args.original_max_side, skip_per_class=args.skip_per_class)
-        _report(name + (f"_from{args.skip_per_class}" if args.skip_per_class else ""), counts, args.out)
+        _report(output_name(name, args.skip_per_class), counts, args.out)
     for f in args.folder:
         name, _, rest = f.partition("=")
         path, _, cmap = rest.partition(":")
@@ -474,7 +480,7 @@ def main(argv=None) -> int:
                              args.max_per_class, {"local_folder": str(root.resolve())},
                              classes=cls_arg or None, crop=not args.no_crop,
                              original_max_side=args.original_max_side, skip_per_class=args.skip_per_class)
-        _report(name + (f"_from{args.skip_per_class}" if args.skip_per_class else ""), counts, args.out)
+        _report(output_name(name, args.skip_per_class), counts, args.out)
     if not wanted and not args.folder:
         print("no set with a clear licence is registered; nothing converted (use --local_use for local "
               "measurement; see bench/MEASURED_DATA.md)")
