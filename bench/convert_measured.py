@@ -328,8 +328,9 @@ def original_bytes(data: bytes, max_side: int) -> tuple[bytes, str, list[int] | 
 def convert_set(name: str, items: list[Item], colormap: str | None, out: Path, size: int,
                 max_per_class: int | None, source: dict, classes: tuple[str, ...] | None = None,
                 crop: bool = True, original_max_side: int | None = None, skip_per_class: int = 0) -> dict[str, int]:
-    """Write one set.  ``original_max_side`` set: copy the source images themselves (colour kept,
-    resized only when a side is larger; no crop, no inversion) instead of 8-bit grayscale."""
+    """Write one set into ``out / name`` (the caller's output_name).  ``original_max_side`` set: copy the source
+    images themselves (colour kept, resized only when a side is larger; no crop, no inversion) instead of 8-bit
+    grayscale."""
     if classes:
         present = {it.cls for it in items}
         missing = [c for c in classes if c not in present]
@@ -337,7 +338,6 @@ def convert_set(name: str, items: list[Item], colormap: str | None, out: Path, s
             raise ValueError(f"{name}: classes {missing} not in the set; present: {sorted(present)}")
         items = [it for it in items if it.cls in classes]
     by_cls = subsample(items, max_per_class, skip_per_class)
-    name = output_name(name, skip_per_class)
     dst = out / name
     loaded: list[tuple[str, Item, bytes]] = [(c, it, it.read()) for c, lst in by_cls.items() for it in lst]
     # arrays: one robust range for the whole set
@@ -459,7 +459,8 @@ def main(argv=None) -> int:
             print(f"[{name}] SKIPPED: {e}")
             status = 2
             continue
-        counts = convert_set(name, items, spec.colormap, args.out,
+        set_name = output_name(name, args.skip_per_class)
+        counts = convert_set(set_name, items, spec.colormap, args.out,
                              args.size, args.max_per_class,
                              {"repo": spec.repo, "commit": spec.commit, "licence": spec.licence,
                               "licence_ok": spec.licence_ok,
@@ -467,7 +468,7 @@ def main(argv=None) -> int:
                                      "LOCAL MEASUREMENT ONLY: licence unclear; do not commit or share"},
                              classes=classes, crop=not args.no_crop,
                              original_max_side=args.original_max_side, skip_per_class=args.skip_per_class)
-        _report(output_name(name, args.skip_per_class), counts, args.out)
+        _report(set_name, counts, args.out)
     for f in args.folder:
         name, _, rest = f.partition("=")
         path, _, cmap = rest.partition(":")
@@ -476,11 +477,12 @@ def main(argv=None) -> int:
             print(f"--folder {f!r}: expected NAME=PATH[:cmap] with an existing folder")
             status = 2
             continue
-        counts = convert_set(name, items_from_folder(root), cmap or "jet", args.out, args.size,
+        set_name = output_name(name, args.skip_per_class)
+        counts = convert_set(set_name, items_from_folder(root), cmap or "jet", args.out, args.size,
                              args.max_per_class, {"local_folder": str(root.resolve())},
                              classes=cls_arg or None, crop=not args.no_crop,
                              original_max_side=args.original_max_side, skip_per_class=args.skip_per_class)
-        _report(output_name(name, args.skip_per_class), counts, args.out)
+        _report(set_name, counts, args.out)
     if not wanted and not args.folder:
         print("no set with a clear licence is registered; nothing converted (use --local_use for local "
               "measurement; see bench/MEASURED_DATA.md)")

@@ -42,11 +42,10 @@ times the std they were normalised with), not on the unit-variance latents the m
 normalisation gives the faint fine-detail channels as much weight as the coarse ones, and a variation redraws
 exactly that detail, so on normalised latents it looked new while its image was a copy of the source (a GPU
 run of the default config on a measured set at 256 px: no copies at start 0.35 by the old rule, 10 % by the
-evaluation's). On the
-tokenizer's scale the share follows the evaluation's image rule, but still counts up to 3x fewer copies at
-256 px (0.006 against 0.019 at start 0.35, 0.038 against 0.056 at 0.4; equal at 128 px), and the evaluation's
-target is 1 %: so the start is the largest whose check samples hold no copy at all (bench/RESULTS.md, eighth
-session).
+evaluation's). On the tokenizer's scale the share follows the evaluation's image rule, but still counts up to
+3x fewer copies at 256 px (0.006 against 0.019 at start 0.35, 0.038 against 0.056 at 0.4; equal at 128 px),
+and the evaluation's target is 1 %: so the start is the largest whose check samples hold no copy at all
+(bench/RESULTS.md, eighth session).
 """
 
 import numpy as np
