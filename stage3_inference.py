@@ -32,6 +32,9 @@ def parse_args(argv=None):
     p.add_argument("--start_t", type=fraction,
                    help="default: the run's choice (stage 2), else its config: each image is a variation of a "
                         "training image, the flow started at t = this from it; 0: from pure noise")
+    p.add_argument("--copies", choices=["redraw", "keep"],
+                   help="a variation that is a copy of a training image (pipeline.copies) is drawn again from an "
+                        "earlier start (redraw), or kept")
     p.add_argument("--steps", type=positive_int, help="ODE steps")
     p.add_argument("--method", choices=["euler", "heun"])
     p.add_argument("--seed", type=nonnegative_int)
@@ -67,6 +70,10 @@ def main(argv=None):
           f"t={s['cfg_interval_start']}), {origin}, step {s['step']} ({manifest['checkpoint_picked']}); grid.png, "
           f"samples.json"
           + (f", {manifest['archive']}" if "archive" in manifest else ""))
+    redrawn = manifest["redrawn_this_run"]
+    if redrawn is not None:
+        print(f"copies of training images drawn again from an earlier start: {sum(redrawn.values())} of "
+              f"{manifest['generated_this_run']} new images (" + ", ".join(f"{n}: {v}" for n, v in redrawn.items()) + ")")
     if args.eval:
         from pipeline.evaluate import evaluate_run
         result = evaluate_run(manifest, args.output_dir, args.seed, tokenizer)

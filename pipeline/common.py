@@ -170,6 +170,16 @@ def barrier(world_size):
         dist.barrier()
 
 
+def all_ranks_sum(tensor, device, world_size):
+    """The sum of `tensor` over every rank (itself with one process), on the CPU."""
+    if world_size == 1:
+        return tensor
+    import torch.distributed as dist
+    total = tensor.to(device)
+    dist.all_reduce(total)
+    return total.cpu()
+
+
 def cleanup_distributed(world_size):
     if world_size > 1:
         import torch.distributed as dist

@@ -26,6 +26,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from pipeline.common import UsageError, read_json, write_json_atomic
+from pipeline.copies import MEMORISATION_THRESHOLD, memorisation
 from pipeline.figure_trim import parse_trim
 from pipeline.generate import decode_latents
 from pipeline.latents import DATASET_FILE, dataset_image_paths, load_latents, read_record
@@ -35,7 +36,6 @@ from pipeline.images import (IMAGE_EXTENSIONS, find_classes, load_for_tokenizer,
 from pipeline.preprocess import check_generated, decide_color, decide_value_range, scan_files
 
 EVAL_SIZE = (64, 64)
-MEMORISATION_THRESHOLD = 0.5   # nearest-train distance / that image's own NN spacing below this = memorised
 KNN_K = 3
 # Classifiers per accuracy, averaged: on a few dozen held-out images one classifier seed moves tstr and the
 # augmented accuracy by up to 0.1 (bench/RESULTS.md), more than most changes to the generator do.
@@ -296,19 +296,6 @@ def knn_precision_recall(real, fake, k=KNN_K):
     precision = float((d <= r_real[None, :]).any(dim=1).float().mean())
     recall = float((d.T <= r_fake[None, :]).any(dim=1).float().mean())
     return precision, recall
-
-
-def memorisation(gen, train):
-    """Per generated image: distance to its nearest training image divided by that training image's own
-    nearest-neighbour distance among the training images (the local spacing of real data there).
-    A copy scores ~0; a new sample from the same distribution scores ~1. Returns (ratios, nearest index)."""
-    g, t = gen.flatten(1), train.flatten(1)
-    nearest, which = torch.cdist(g, t).min(dim=1)
-    used, slot = torch.unique(which, return_inverse=True)   # only the training images that are someone's nearest:
-    d_ut = torch.cdist(t[used], t)                           # (U, N), not (N, N), for large training sets
-    d_ut[torch.arange(len(used)), used] = float("inf")
-    spacing = d_ut.min(dim=1).values.clamp_min(1e-8)
-    return nearest / spacing[slot], which
 
 
 @torch.no_grad()

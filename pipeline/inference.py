@@ -27,12 +27,12 @@ from models.lightningdit import LightningDiT, dit_state_dict_from_checkpoint
 from models.vavae import load_vavae
 from pipeline.checkpoint import (latents_fingerprint, latest_checkpoint, read_checkpoint, run_checkpoint,
                                  tensor_fingerprint)
-from pipeline.common import (UsageError, atomic_path, barrier, cleanup_distributed, init_distributed, is_temp_file,
-                             pick_device, pick_precision, read_json, write_json_atomic)
+from pipeline.common import (UsageError, all_ranks_sum, atomic_path, barrier, cleanup_distributed, init_distributed,
+                             is_temp_file, pick_device, pick_precision, read_json, write_json_atomic)
 from pipeline.config import config_differences
 from pipeline.evaluate import check_heldout
-from pipeline.generate import (decode_latents, denormalise, image_seed, normalise, sample_latents,
-                               variation_sources)
+from pipeline.copies import REDRAW_RATIO
+from pipeline.generate import decode_latents, denormalise, image_seed, normalise, sample_jobs
 from pipeline.images import load_for_tokenizer, save_image, unique_folder_names
 from pipeline.latents import load_latents
 from pipeline.plot import labelled_grid
@@ -57,6 +57,7 @@ class GenerateSettings:
     cfg_interval_start: Optional[float] = None
     timestep_shift: Optional[float] = None
     start_t: Optional[float] = None        # > 0: variations of the training images (pipeline.generate); 0: pure noise
+    copies: str = "redraw"                 # variations that copy a training image: redraw | keep
     steps: Optional[int] = None
     method: Optional[str] = None           # euler | heun
     seed: int = 0
@@ -256,6 +257,8 @@ def _generate(job, rank, world, local_rank):
     recorded = {k: v for k, v in sampling.items() if k != "start_t" or v > 0}
     if sources is not None:
         recorded["sources_sha1"] = ckpt["latents_fingerprint"]
+        recorded["copies"] = f"redraw below {REDRAW_RATIO:g}" if job.copies == "redraw" else "keep"
+    copy_scale = ckpt["stats"]["std"].flatten() if sources is not None and job.copies == "redraw" else None
 
     settings = dict(step=int(ckpt["step"]), weights=weights, weights_sha1=tensor_fingerprint(ckpt[weights]),
                     seed=job.seed, **recorded, stats_source=stats.get("source"),
@@ -276,11 +279,12 @@ def _generate(job, rank, world, local_rank):
     mine = jobs[rank::world]
     partial_dir = os.path.join(job.output_dir, PARTIAL_DIR)
     bar = tqdm(total=len(mine), unit="img", desc="generate", disable=rank != 0)
+    redrawn = torch.zeros(len(classes), dtype=torch.long)   # this rank's images that were copies and drawn again
     for start in range(0, len(mine), job.batch_size):
         batch = mine[start:start + job.batch_size]
-        seeds = [image_seed(job.seed, c, k) for c, k in batch]
-        starts = None if sources is None else variation_sources(sources, job.seed, batch)
-        z = sample_latents(model, [c for c, _ in batch], seeds, latent_shape, sampling, device, dtype, sources=starts)
+        z, redraws = sample_jobs(model, batch, job.seed, latent_shape, sampling, device, dtype, by_class=sources,
+                                 copy_scale=copy_scale)
+        redrawn += torch.bincount(torch.tensor([c for c, _ in batch])[redraws > 0], minlength=len(classes))
         z = denormalise(z, stats)
         if job.save_latents:
             with atomic_path(os.path.join(partial_dir, f"rank{rank}_{start:07d}_{time.time_ns()}.safetensors")) as tmp:
@@ -293,6 +297,7 @@ def _generate(job, rank, world, local_rank):
                        size=tuple(size) if size else None, colormap=colormap)
         bar.update(len(batch))
     bar.close()
+    redrawn = all_ranks_sum(redrawn, device, world)
     barrier(world)
     if rank != 0:
         return None
@@ -306,7 +311,9 @@ def _generate(job, rank, world, local_rank):
     manifest = dict(settings=settings, checkpoint=os.path.abspath(ckpt_path), checkpoint_picked=picked,
                     files=files, complete=True, latent_dir=ckpt["latent_dir"],
                     classes={n: dict(label=classes.index(n), folder=folders[n], count=len(v)) for n, v in images.items()},
-                    images=images, generated_this_run=len(jobs), time_s=round(time.time() - t_start, 2),
+                    images=images, generated_this_run=len(jobs),
+                    redrawn_this_run={classes[c]: int(redrawn[c]) for c in class_ids} if copy_scale is not None else None,
+                    time_s=round(time.time() - t_start, 2),
                     colormap=colormap, data=data)
     if job.archive:
         manifest["archive"] = os.path.basename(make_archive(job.output_dir, job.archive, files))

@@ -42,7 +42,7 @@ from pipeline.common import (UsageError, autocast, cleanup_distributed, init_dis
                              pick_precision, run_lock, write_text_atomic)
 from pipeline.config import ADDED_KEYS, config_differences, save_config
 from pipeline.generate import decode_latents, denormalise, image_seed, latent_maps, sample_latents
-from pipeline.heldout import (GUIDANCE_GRID, MAX_MEMORISED, RECOGNISED_MARGIN, START_GRID, HeldoutSet, choose_start,
+from pipeline.heldout import (GUIDANCE_GRID, MAX_REDRAWN, RECOGNISED_MARGIN, START_GRID, HeldoutSet, choose_start,
                               tune_sampling)
 from pipeline.latents import load_latents, read_dataset
 from pipeline.plot import labelled_grid, loss_plot
@@ -837,8 +837,7 @@ def choose_sampling(run):
                 f"{RECOGNISED_MARGIN:g} of the best (share of samples recognised as their class: {table})")
     start, tried = choose_start(lambda t: run.heldout.memorised_fraction(model, dict(chosen, start_t=t), **draw))
     run.sampling["start_t"] = start
-    allowed = "hold no copy" if MAX_MEMORISED == 0 else f"are at most {MAX_MEMORISED:.0%} copies"
-    run.log(f"variation start for stage 3: start_t {start:g}, the largest whose samples {allowed} of a training "
-            f"latent on the tokenizer's scale (share of copies: "
+    run.log(f"variation start for stage 3: start_t {start:g}, the largest at which stage 3 redraws at most "
+            f"{MAX_REDRAWN:.0%} of its images as copies of a training image (share of copies: "
             + ", ".join(f"{t:g}: {share:.3f}" for t, share in tried) + ")")
     save_best(run.settings.output_dir, dict(best, sampling=run.sampling))

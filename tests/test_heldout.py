@@ -7,7 +7,9 @@ import torch
 
 import stage2_train_dit as stage2
 from pipeline.checkpoint import latest_checkpoint
-from pipeline.heldout import (GUIDANCE_GRID, START_GRID, HeldoutSet, choose_start, copy_share, fit_projection,
+from pipeline.copies import REDRAW_RATIO, copy_share, latent_copy_ratios
+from pipeline.generate import REDRAW_STEP, sample_jobs
+from pipeline.heldout import (GUIDANCE_GRID, START_GRID, HeldoutSet, choose_start, fit_projection,
                               guidance_strength, heldout_score, latent_features, project, tune_sampling)
 from pipeline.train import batch_indices, resolve_max_steps, time_shift, update_monitor, new_monitor
 from tests.helpers import stage2_args
@@ -63,16 +65,16 @@ def test_tune_sampling_picks_the_weakest_guidance_that_is_recognised_nearly_as_o
 def test_choose_start_takes_the_largest_start_before_copies_appear():
     asked = []
 
-    def copies(start):   # copies appear from 0.3 on; 0.4 would be under the limit again but is never reached
+    def copies(start):   # too many copies to redraw from 0.3 on; 0.4 would be under the limit but is never reached
         asked.append(start)
-        return {0.3: 0.05, 0.35: 0.2}.get(start, 0.0)
+        return {0.25: 0.1, 0.3: 0.2, 0.35: 0.5}.get(start, 0.0)
 
     start, tried = choose_start(copies)
     assert start == 0.25 and [s for s, _ in tried] == asked == [0.1, 0.15, 0.2, 0.25, 0.3]
     assert choose_start(lambda s: 0.0)[0] == max(START_GRID)
-    assert choose_start(lambda s: 0.02)[0] == 0.0            # even the first start copies: pure noise
-    assert choose_start(lambda s: 0.006)[0] == 0.0           # one copy in 160 is one too many by default
-    assert choose_start(lambda s: 0.01, limit=0.01)[0] == max(START_GRID)  # at the limit is allowed
+    assert choose_start(lambda s: 0.2)[0] == 0.0             # even the first start has too many: pure noise
+    assert choose_start(lambda s: 0.15)[0] == max(START_GRID)              # stage 3 may redraw 15 % by default
+    assert choose_start(lambda s: 0.006, limit=0.0)[0] == 0.0              # a limit of none allows none
 
 
 def test_memorised_fraction_counts_variations_that_copy_their_source():
@@ -80,16 +82,40 @@ def test_memorised_fraction_counts_variations_that_copy_their_source():
     held, held_y = _two_classes(5, 3.0, 1)
     heldout = HeldoutSet(train, train_y, held, held_y, 2)
 
-    class Still(torch.nn.Module):   # velocity 0: a variation stays where it starts, s * source + (1 - s) * noise
-        num_classes = 2
-
-        def forward(self, x, t, y):
-            return torch.zeros_like(x)
-
     sampling = dict(num_steps=2, method="euler", cfg_scale=1.0, cfg_interval_start=0.0, timestep_shift=0.0)
     share = {s: heldout.memorised_fraction(Still(), dict(sampling, start_t=s), 10, 0, [4, 4, 4], "cpu")
              for s in (0.0, 0.5, 0.95)}
     assert share[0.0] == 0.0 and share[0.95] == 1.0 and share[0.0] <= share[0.5] <= share[0.95]
+
+
+class Still(torch.nn.Module):
+    """Velocity 0: a variation stays where it starts, s * source + (1 - s) * noise."""
+    num_classes = 2
+
+    def forward(self, x, t, y):
+        return torch.zeros_like(x)
+
+
+def test_stage3_redraws_copies_from_an_earlier_start_and_each_image_depends_only_on_its_own_seed():
+    train, train_y = _two_classes(10, 3.0, 0)
+    by_class = [train[train_y == c] for c in (0, 1)]
+    sampling = dict(num_steps=2, method="euler", cfg_scale=1.0, cfg_interval_start=0.0, timestep_shift=0.0,
+                    start_t=0.6)
+    jobs = [(c, k) for c in (0, 1) for k in range(12)]
+    scale = torch.ones(4)
+    kept, none = sample_jobs(Still(), jobs, 0, [4, 4, 4], sampling, "cpu", by_class=by_class)
+    z, redraws = sample_jobs(Still(), jobs, 0, [4, 4, 4], sampling, "cpu", by_class=by_class, copy_scale=scale)
+    assert (none == 0).all() and (latent_copy_ratios(kept, train, scale) < REDRAW_RATIO).sum() >= 12
+    assert (redraws > 0).sum() >= 12                                  # at start 0.6 most variations are copies
+    last = round(0.6 / REDRAW_STEP)                                   # the draw that starts from pure noise
+    ratios = latent_copy_ratios(z, train, scale)
+    assert ((ratios >= REDRAW_RATIO) | (redraws == last)).all()       # no copy left but (rarely) a pure-noise one
+    assert torch.equal(z[redraws == 0], kept[redraws == 0])           # images that were no copy are unchanged
+    # a redrawn image is its own seed's draw at its start: the same alone, in another batch, or in another order
+    for i in (redraws > 0).nonzero().flatten().tolist()[:3] + [0]:
+        alone, again = sample_jobs(Still(), [jobs[i]], 0, [4, 4, 4], sampling, "cpu", by_class=by_class,
+                                   copy_scale=scale)
+        assert torch.allclose(alone[0], z[i], atol=1e-6) and again[0] == redraws[i]
 
 
 def test_copies_are_judged_on_the_tokenizer_scale_not_the_normalised_one():

@@ -108,6 +108,7 @@ def test_bad_input(tmp_path, run_dir, capsys):
 
 
 def test_variations_start_from_the_training_images(tmp_path, run_dir, capsys):
+    from pipeline.copies import REDRAW_RATIO, latent_copy_ratios
     from pipeline.generate import variation_source
     from pipeline.latents import load_latents
     chosen = torch.load(run_dir / "checkpoints" / "best.pt", weights_only=True)["sampling"]["start_t"]
@@ -117,12 +118,21 @@ def test_variations_start_from_the_training_images(tmp_path, run_dir, capsys):
     pure = gen(run_dir, tmp_path / "pure", "--start_t", "0")["settings"]
     assert "start_t" not in pure and "sources_sha1" not in pure         # as runs before start_t existed
     # started at t = 0.9, each image stays nearest to the training latent variation_source picked for it
-    gen(run_dir, tmp_path / "near", "--start_t", "0.9", "--save_latents")
+    gen(run_dir, tmp_path / "near", "--start_t", "0.9", "--save_latents", "--copies", "keep")
     out = load_file(tmp_path / "near" / "latents.safetensors")
     data = load_latents(run_dir.parent / "latents")
     for z, c, k in zip(out["latents"], out["labels"].tolist(), out["index"].tolist()):
         train = data["latents"][(data["split"] == 0) & (data["labels"] == c)]
         assert int(torch.cdist(z.flatten()[None], train.flatten(1)).argmin()) == variation_source(0, c, k, len(train))
+    # by default (--copies redraw) those copies are drawn again from earlier starts until none is left
+    manifest = gen(run_dir, tmp_path / "redrawn", "--start_t", "0.9", "--save_latents")
+    assert manifest["settings"]["copies"] == f"redraw below {REDRAW_RATIO:g}"
+    assert sum(manifest["redrawn_this_run"].values()) > 0 and set(manifest["redrawn_this_run"]) == set(NAMES)
+    out = load_file(tmp_path / "redrawn" / "latents.safetensors")
+    train = data["latents"][data["split"] == 0]
+    std = torch.load(run_dir / "checkpoints" / "best.pt", weights_only=True)["stats"]["std"].flatten()
+    assert (latent_copy_ratios(out["latents"] / std.reshape(1, -1, 1, 1), train / std.reshape(1, -1, 1, 1), std)
+            >= REDRAW_RATIO).float().mean() >= 0.9   # (one drawn from pure noise could still be one, rarely)
     assert [variation_source(0, 1, k, 7) for k in range(14)][7:] == [variation_source(0, 1, k, 7) for k in range(7)]
     assert sorted(variation_source(0, 1, k, 7) for k in range(7)) == list(range(7))   # each image once per cycle
 
