@@ -168,7 +168,7 @@ def guidance_strength(sampling):
 
 
 START_GRID = (0.1, 0.15, 0.2, 0.25, 0.3, 0.35, 0.4)
-MAX_REDRAWN = 0.15   # share of the check's samples that stage 3 may have to redraw as copies
+MAX_REDRAWN = 0.25   # share of the check's samples that stage 3 may have to redraw as copies
 
 
 def choose_start(memorised_fn, grid=START_GRID, limit=MAX_REDRAWN):

@@ -67,13 +67,13 @@ def test_choose_start_takes_the_largest_start_before_copies_appear():
 
     def copies(start):   # too many copies to redraw from 0.3 on; 0.4 would be under the limit but is never reached
         asked.append(start)
-        return {0.25: 0.1, 0.3: 0.2, 0.35: 0.5}.get(start, 0.0)
+        return {0.25: 0.1, 0.3: 0.3, 0.35: 0.5}.get(start, 0.0)
 
     start, tried = choose_start(copies)
     assert start == 0.25 and [s for s, _ in tried] == asked == [0.1, 0.15, 0.2, 0.25, 0.3]
     assert choose_start(lambda s: 0.0)[0] == max(START_GRID)
-    assert choose_start(lambda s: 0.2)[0] == 0.0             # even the first start has too many: pure noise
-    assert choose_start(lambda s: 0.15)[0] == max(START_GRID)              # stage 3 may redraw 15 % by default
+    assert choose_start(lambda s: 0.3)[0] == 0.0             # even the first start has too many: pure noise
+    assert choose_start(lambda s: 0.25)[0] == max(START_GRID)              # stage 3 may redraw 25 % by default
     assert choose_start(lambda s: 0.006, limit=0.0)[0] == 0.0              # a limit of none allows none
 
 
