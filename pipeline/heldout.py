@@ -38,8 +38,8 @@ the check's samples are copies that stage 3 would draw again (pipeline.copies: l
 REDRAW_RATIO on the tokenizer's scale). A later start keeps more of the training image: on the quality
 benchmark tstr and augmented accuracy rise with it, and so does the share of copies; stage 3 redraws those
 from an earlier start, so no copy reaches the output. Until the tenth session no copy at all was allowed here
-(the start then was the last before the first copy, 0.15 on the measured sets); allowing stage 3 a few redraws
-moves it to about 0.3 there (bench/RESULTS.md, tenth session).
+(the start then was the last before the first copy, 0.15 on the measured sets); allowing stage 3 to redraw up
+to a quarter moves it to 0.35-0.4 there (bench/RESULTS.md, tenth session).
 """
 
 import numpy as np
