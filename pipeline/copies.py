@@ -34,13 +34,19 @@ def memorisation(gen, train):
     return nearest / spacing[slot], which
 
 
-def latent_copy_ratios(gen, train, scale):
-    """memorisation() ratios (N,) of normalised latents `gen` (N, C, h, w) against normalised training latents
-    `train` (M, C, h, w), both multiplied by `scale` (the std they were normalised with: per channel (C,) or one
-    value) first, so that distances follow the image's coarse structure."""
+def copy_ratios_against(train, scale):
+    """A function: normalised latents (N, C, h, w) -> their memorisation() ratios (N,) against the normalised
+    training latents `train` (M, C, h, w), both multiplied by `scale` (the std they were normalised with: per
+    channel (C,) or one value) first, so that distances follow the image's coarse structure. The training side is
+    scaled once here, not on every call (stage 3 calls it for every batch)."""
     s = torch.as_tensor(scale, dtype=torch.float32).reshape(1, -1, 1, 1)
-    ratio, _ = memorisation(gen.float().cpu() * s, train.float().cpu() * s)
-    return ratio
+    reference = train.float().cpu() * s
+    return lambda gen: memorisation(gen.float().cpu() * s, reference)[0]
+
+
+def latent_copy_ratios(gen, train, scale):
+    """copy_ratios_against(train, scale) applied to `gen` once."""
+    return copy_ratios_against(train, scale)(gen)
 
 
 def copy_share(gen, train, scale, ratio=REDRAW_RATIO):

@@ -12,7 +12,7 @@ sampling from pure noise (s = 0), where a small model draws mostly class-typical
 Which training latent: `variation_source(seed, c, k, n)`, a per-class permutation cycled over k, so every
 training image is used equally often and the choice is as stateless as the noise.
 
-Copies (`sample_jobs` with `copy_scale`, stage 3's default): a variation that is still a copy of a training
+Copies (`sample_jobs` with `copy_ratios`, stage 3's default): a variation that is still a copy of a training
 image by pipeline.copies' rule is drawn again from the same training image with fresh noise
 (`redraw_seed(seed, c, k, attempt)`) and a start REDRAW_STEP earlier each time, down to pure noise at the end.
 So stage 2 can choose a later start (more of each training image kept, better class coverage) and the few
@@ -26,7 +26,7 @@ import torch
 
 from models.transport import sample
 from pipeline.common import autocast
-from pipeline.copies import REDRAW_RATIO, latent_copy_ratios
+from pipeline.copies import REDRAW_RATIO
 
 REDRAW_STEP = 0.05   # each redraw of a copy starts this much earlier (START_GRID's spacing)
 
@@ -83,24 +83,23 @@ def sample_latents(model, labels, seeds, latent_shape, sampling, device, dtype=N
                       timestep_shift=float(sampling["timestep_shift"]), t_start=start).float()
 
 
-def sample_jobs(model, jobs, seed, latent_shape, sampling, device, dtype=None, by_class=None, copy_scale=None):
+def sample_jobs(model, jobs, seed, latent_shape, sampling, device, dtype=None, by_class=None, copy_ratios=None):
     """Normalised latents (B, C, h, w) for `jobs` [(class c, image k)], and how often each was redrawn (B,).
     With sampling["start_t"] > 0 the images are variations of `by_class[c]` (class c's normalised training
-    latents (n_c, C, h, w)); with `copy_scale` too (the std they were normalised with: (C,) or one value) every
-    variation that copies a training latent (ratio below REDRAW_RATIO on the tokenizer's scale) is drawn again,
-    REDRAW_STEP earlier each time, until it is none or starts from pure noise."""
+    latents (n_c, C, h, w)); with `copy_ratios` too (pipeline.copies.copy_ratios_against the training latents)
+    every variation that copies a training latent (ratio below REDRAW_RATIO on the tokenizer's scale) is drawn
+    again, REDRAW_STEP earlier each time, until it is none or starts from pure noise."""
     labels = [c for c, _ in jobs]
     start = float(sampling.get("start_t", 0.0))
     sources = variation_sources(by_class, seed, jobs) if start > 0 else None
     z = sample_latents(model, labels, [image_seed(seed, c, k) for c, k in jobs], latent_shape, sampling, device,
                        dtype, sources=sources)
     redraws = torch.zeros(len(jobs), dtype=torch.long)
-    if start == 0 or copy_scale is None:
+    if start == 0 or copy_ratios is None:
         return z, redraws
-    train = torch.cat(by_class)
     todo = torch.arange(len(jobs))
     for attempt in range(1, math.ceil(round(start / REDRAW_STEP, 6)) + 1):   # the last one starts at 0
-        todo = todo[latent_copy_ratios(z[todo], train, copy_scale) < REDRAW_RATIO]
+        todo = todo[copy_ratios(z[todo]) < REDRAW_RATIO]
         if len(todo) == 0:
             break
         t = redraw_start(start, attempt)

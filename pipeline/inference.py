@@ -31,7 +31,7 @@ from pipeline.common import (UsageError, all_ranks_sum, atomic_path, barrier, cl
                              is_temp_file, pick_device, pick_precision, read_json, write_json_atomic)
 from pipeline.config import config_differences
 from pipeline.evaluate import check_heldout
-from pipeline.copies import REDRAW_RATIO
+from pipeline.copies import REDRAW_RATIO, copy_ratios_against
 from pipeline.generate import decode_latents, denormalise, image_seed, normalise, sample_jobs
 from pipeline.images import load_for_tokenizer, save_image, unique_folder_names
 from pipeline.latents import load_latents
@@ -258,7 +258,8 @@ def _generate(job, rank, world, local_rank):
     if sources is not None:
         recorded["sources_sha1"] = ckpt["latents_fingerprint"]
         recorded["copies"] = f"redraw below {REDRAW_RATIO:g}" if job.copies == "redraw" else "keep"
-    copy_scale = ckpt["stats"]["std"].flatten() if sources is not None and job.copies == "redraw" else None
+    copy_ratios = (copy_ratios_against(torch.cat(sources), ckpt["stats"]["std"].flatten())
+                   if sources is not None and job.copies == "redraw" else None)
 
     settings = dict(step=int(ckpt["step"]), weights=weights, weights_sha1=tensor_fingerprint(ckpt[weights]),
                     seed=job.seed, **recorded, stats_source=stats.get("source"),
@@ -283,7 +284,7 @@ def _generate(job, rank, world, local_rank):
     for start in range(0, len(mine), job.batch_size):
         batch = mine[start:start + job.batch_size]
         z, redraws = sample_jobs(model, batch, job.seed, latent_shape, sampling, device, dtype, by_class=sources,
-                                 copy_scale=copy_scale)
+                                 copy_ratios=copy_ratios)
         redrawn += torch.bincount(torch.tensor([c for c, _ in batch])[redraws > 0], minlength=len(classes))
         z = denormalise(z, stats)
         if job.save_latents:
@@ -312,7 +313,7 @@ def _generate(job, rank, world, local_rank):
                     files=files, complete=True, latent_dir=ckpt["latent_dir"],
                     classes={n: dict(label=classes.index(n), folder=folders[n], count=len(v)) for n, v in images.items()},
                     images=images, generated_this_run=len(jobs),
-                    redrawn_this_run={classes[c]: int(redrawn[c]) for c in class_ids} if copy_scale is not None else None,
+                    redrawn_this_run={classes[c]: int(redrawn[c]) for c in class_ids} if copy_ratios is not None else None,
                     time_s=round(time.time() - t_start, 2),
                     colormap=colormap, data=data)
     if job.archive:

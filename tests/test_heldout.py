@@ -7,7 +7,7 @@ import torch
 
 import stage2_train_dit as stage2
 from pipeline.checkpoint import latest_checkpoint
-from pipeline.copies import REDRAW_RATIO, copy_share, latent_copy_ratios
+from pipeline.copies import REDRAW_RATIO, copy_ratios_against, copy_share, latent_copy_ratios
 from pipeline.generate import REDRAW_STEP, sample_jobs
 from pipeline.heldout import (GUIDANCE_GRID, START_GRID, HeldoutSet, choose_start, fit_projection,
                               guidance_strength, heldout_score, latent_features, project, tune_sampling)
@@ -104,7 +104,8 @@ def test_stage3_redraws_copies_from_an_earlier_start_and_each_image_depends_only
     jobs = [(c, k) for c in (0, 1) for k in range(12)]
     scale = torch.ones(4)
     kept, none = sample_jobs(Still(), jobs, 0, [4, 4, 4], sampling, "cpu", by_class=by_class)
-    z, redraws = sample_jobs(Still(), jobs, 0, [4, 4, 4], sampling, "cpu", by_class=by_class, copy_scale=scale)
+    ratios_fn = copy_ratios_against(train, scale)
+    z, redraws = sample_jobs(Still(), jobs, 0, [4, 4, 4], sampling, "cpu", by_class=by_class, copy_ratios=ratios_fn)
     assert (none == 0).all() and (latent_copy_ratios(kept, train, scale) < REDRAW_RATIO).sum() >= 12
     assert (redraws > 0).sum() >= 12                                  # at start 0.6 most variations are copies
     last = round(0.6 / REDRAW_STEP)                                   # the draw that starts from pure noise
@@ -114,7 +115,7 @@ def test_stage3_redraws_copies_from_an_earlier_start_and_each_image_depends_only
     # a redrawn image is its own seed's draw at its start: the same alone, in another batch, or in another order
     for i in (redraws > 0).nonzero().flatten().tolist()[:3] + [0]:
         alone, again = sample_jobs(Still(), [jobs[i]], 0, [4, 4, 4], sampling, "cpu", by_class=by_class,
-                                   copy_scale=scale)
+                                   copy_ratios=ratios_fn)
         assert torch.allclose(alone[0], z[i], atol=1e-6) and again[0] == redraws[i]
 
 
