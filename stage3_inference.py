@@ -35,6 +35,9 @@ def parse_args(argv=None):
     p.add_argument("--copies", choices=["redraw", "keep"],
                    help="a variation that is a copy of a training image (pipeline.copies) is drawn again from an "
                         "earlier start (redraw), or kept")
+    p.add_argument("--class_check", choices=["redraw", "keep"],
+                   help="an image that classifiers trained on the run's training images assign to another class "
+                        "(pipeline.class_check) is drawn again (redraw), or kept")
     p.add_argument("--steps", type=positive_int, help="ODE steps")
     p.add_argument("--method", choices=["euler", "heun"])
     p.add_argument("--seed", type=nonnegative_int)
@@ -74,6 +77,10 @@ def main(argv=None):
     if redrawn is not None:
         print(f"copies of training images drawn again from an earlier start: {sum(redrawn.values())} of "
               f"{manifest['generated_this_run']} new images (" + ", ".join(f"{n}: {v}" for n, v in redrawn.items()) + ")")
+    class_redrawn, unrecognised = manifest["class_redrawn_this_run"], manifest["unrecognised_this_run"]
+    if class_redrawn is not None:
+        print(f"class check: {sum(class_redrawn.values())} images drawn again, {sum(unrecognised.values())} still "
+              f"not recognised after the last draw (" + ", ".join(f"{n}: {v}/{unrecognised[n]}" for n, v in class_redrawn.items()) + ")")
     if args.eval:
         from pipeline.evaluate import evaluate_run
         result = evaluate_run(manifest, args.output_dir, args.seed, tokenizer)

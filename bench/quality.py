@@ -7,7 +7,7 @@ and ends with a markdown table for bench/RESULTS.md.
 
     python bench/quality.py [--sets sim_hard_a,sim_hard_b,measured:NAME|measured:*] [--measured_root /work/data/measured]
                             [--work bench/out/quality] [--config configs/demo_cpu.yaml] [--extra_stage2 "..."]
-                            [--extra_stage3 "..."] [--num_per_class N] [--tag NAME]
+                            [--extra_stage3 "..."] [--num_per_class N] [--draws N] [--tag NAME]
 
 Sets: `sim_<suite>` is a simulated suite of pipeline.simulate.SUITES (e.g. sim_hard_a), written fresh
 each run; `measured:NAME` is the class-folder tree --measured_root/NAME; `measured:*` is every such
@@ -17,6 +17,11 @@ is private to the set's work dir for the same reason.
 
 Targets (issue 12): generated_accuracy >= 0.9 x real_accuracy, tstr >= 0.8 x real_only,
 augmented >= real_only, memorisation_fraction <= 1 %.
+
+Draws: stage 3 runs --draws times (default 2) on the same trained run, with sampling seeds seed, seed + 1, ...
+(each draw's evaluation classifiers follow its seed), and every metric is the mean over the draws; each draw's
+own numbers are kept in the record (`draws`) and its ratios printed. One draw of 100 images per class moves tstr
+by up to +-0.03 on the measured sets (bench/RESULTS.md), as much as most changes to the generator.
 """
 
 import argparse
@@ -53,6 +58,13 @@ def derived(m):
     only, aug = m.get("real_only_accuracy"), m.get("augmented_accuracy")
     return dict(generated_over_real=ratio(gen, real), tstr_over_real_only=ratio(tstr, only),
                 augmented_minus_real_only=None if aug is None or only is None else aug - only)
+
+
+def mean_metrics(draws):
+    """The mean over draws (a list of eval.json dicts) of every top-level number they all have."""
+    keys = [k for k, v in draws[0].items() if isinstance(v, (int, float)) and not isinstance(v, bool)
+            and all(isinstance(m.get(k), (int, float)) for m in draws)]
+    return {k: sum(m[k] for m in draws) / len(draws) for k in keys}
 
 
 def targets(m, d):
@@ -158,8 +170,13 @@ def run_stage(label, cmd, log_path, env):
     return seconds
 
 
-def stage_commands(args, data, d, val_fraction):
-    """The three stage command lines for one set (work dir d)."""
+def draw_dir(d, i):
+    """Stage 3's output dir of draw i (0: `generated`, as a user's first run)."""
+    return os.path.join(d, "generated" if i == 0 else f"generated_draw{i}")
+
+
+def stage_commands(args, data, d, val_fraction, draw=0):
+    """The three stage command lines for one set (work dir d); stage 3's for `draw` (seed args.seed + draw)."""
     py = sys.executable
     s1 = [py, "stage1_extract_features.py", "--data_dir", data, "--vavae_path", "demo", "--image_size", "128",
           "--num_workers", "0", "--device", "cpu", "--val_fraction", str(val_fraction), "--seed", str(args.seed),
@@ -167,8 +184,8 @@ def stage_commands(args, data, d, val_fraction):
     s2 = [py, "stage2_train_dit.py", "--latent_dir", os.path.join(d, "latents"), "--output_dir", os.path.join(d, "run"),
           "--config", args.config, "--vavae_path", "demo", "--device", "cpu"] + shlex.split(args.extra_stage2)
     s3 = [py, "stage3_inference.py", "--checkpoint", os.path.join(d, "run"), "--vavae_path", "demo",
-          "--output_dir", os.path.join(d, "generated"), "--num_per_class", str(args.num_per_class), "--eval",
-          "--device", "cpu", "--seed", str(args.seed)] + shlex.split(args.extra_stage3)
+          "--output_dir", draw_dir(d, draw), "--num_per_class", str(args.num_per_class), "--eval",
+          "--device", "cpu", "--seed", str(args.seed + draw)] + shlex.split(args.extra_stage3)
     return s1, s2, s3
 
 
@@ -192,14 +209,20 @@ def run_set(name, args):
         rec["val_fraction"] = vf = heldout_fraction(counts)
         s1, s2, s3 = stage_commands(args, data, d, vf)
         rec["commands"] = [" ".join(shlex.quote(c) for c in cmd[1:]) for cmd in (s1, s2, s3)]
-        for label, cmd in (("stage1", s1), ("stage2", s2), ("stage3", s3)):
+        stage3_draws = [(f"stage3 draw {i}" if i else "stage3", stage_commands(args, data, d, vf, i)[2])
+                        for i in range(args.draws)]
+        for label, cmd in (("stage1", s1), ("stage2", s2), *stage3_draws):
             print(f"  [{name}] {label} ...", flush=True)
-            rec["times"][label] = run_stage(label, cmd, os.path.join(d, f"{label}.log"), env)
+            rec["times"][label] = run_stage(label, cmd, os.path.join(d, f"{label.replace(' ', '_')}.log"), env)
             print(f"  [{name}] {label} {rec['times'][label]:.0f} s", flush=True)
+        rec["times"]["stage3"] = sum(rec["times"][label] for label, _ in stage3_draws)
         rec["times"]["total"] = sum(rec["times"][s] for s in ("stage1", "stage2", "stage3"))
-        metrics = json.load(open(os.path.join(d, "generated", "eval.json")))
-        rec["heldout_per_class"] = {c: v.get("num_real") for c, v in metrics.get("per_class", {}).items()}
+        draws = [json.load(open(os.path.join(draw_dir(d, i), "eval.json"))) for i in range(args.draws)]
+        metrics = mean_metrics(draws)
+        rec["heldout_per_class"] = {c: v.get("num_real") for c, v in draws[0].get("per_class", {}).items()}
         rec["metrics"] = metrics
+        rec["draws"] = [dict(seed=args.seed + i, metrics={k: v for k, v in m.items() if k in metrics},
+                             derived=derived(m)) for i, m in enumerate(draws)]
         rec["derived"] = derived(metrics)
         rec["targets"] = targets(metrics, rec["derived"])
         rec["stage2_steps"] = _trained_steps(os.path.join(d, "run"))
@@ -245,7 +268,7 @@ def provenance(args):
                              niceness=os.nice(0) if hasattr(os, "nice") else None),
                 commit=git("rev-parse", "--short", "HEAD"), dirty=bool(git("status", "--porcelain")), code_root=ROOT,
                 tag=args.tag, config=args.config, extra_stage2=args.extra_stage2, extra_stage3=args.extra_stage3,
-                num_per_class=args.num_per_class, seed=args.seed, threads=args.threads or None)
+                num_per_class=args.num_per_class, draws=args.draws, seed=args.seed, threads=args.threads or None)
 
 
 def _f(x, fmt="{:.3f}"):
@@ -253,7 +276,8 @@ def _f(x, fmt="{:.3f}"):
 
 
 COLUMNS = ["set", "real", "gen (÷real)", "tstr", "real_only", "tstr÷real_only", "aug (−real_only)", "precision",
-           "recall", "memorised", "targets met", "cfg, start_t", "s1 s", "s2 s", "s3 s", "total s"]
+           "recall", "memorised", "targets met", "each draw: gen÷real / tstr÷real_only", "cfg, start_t", "s1 s",
+           "s2 s", "s3 s", "total s"]
 
 
 def table_row(rec):
@@ -268,7 +292,10 @@ def table_row(rec):
         _f(m.get("tstr_accuracy")), _f(m.get("real_only_accuracy")), _f(d["tstr_over_real_only"], "{:.2f}"),
         f"{_f(m.get('augmented_accuracy'))} ({_f(d['augmented_minus_real_only'], '{:+.3f}')})",
         _f(m.get("precision")), _f(m.get("recall")), _f(m.get("memorisation_fraction")),
-        f"{len(met)}/4", "{:g}/{:g}, {:g}".format(*(rec["sampling"][k] for k in ("cfg_scale", "cfg_interval_start", "start_t"))),
+        f"{len(met)}/4",
+        ", ".join(f"{_f(x['derived']['generated_over_real'], '{:.2f}')} / {_f(x['derived']['tstr_over_real_only'], '{:.2f}')}"
+                  for x in rec.get("draws", [])),
+        "{:g}/{:g}, {:g}".format(*(rec["sampling"][k] for k in ("cfg_scale", "cfg_interval_start", "start_t"))),
         *(f"{t[s]:.0f}" for s in ("stage1", "stage2", "stage3", "total"))]) + " |"
 
 
@@ -278,7 +305,7 @@ def markdown(records, prov):
     title = (f"Quality benchmark, tag `{prov['tag']}`, commit {prov['commit']}{' (+uncommitted changes)' if prov['dirty'] else ''}, "
              f"{prov['date'][:10]}, {prov['machine']['cpu_count']} CPUs ({prov['machine']['processor']}), "
              f"config {prov['config']}{(' ' + prov['extra_stage2']) if prov['extra_stage2'] else ''}, "
-             f"{prov['num_per_class']} generated per class" + threads)
+             f"{prov['num_per_class']} generated per class, means over {prov['draws']} draw(s)" + threads)
     return "\n".join([title, "", head] + [table_row(r) for r in records])
 
 
@@ -306,12 +333,16 @@ def main(argv=None):
     p.add_argument("--extra_stage3", default="", help="extra stage 3 arguments, one string")
     p.add_argument("--num_per_class", type=int, default=None,
                    help=f"generated images per class (default: stage 3's own, {GenerateSettings.num_per_class})")
+    p.add_argument("--draws", type=int, default=2,
+                   help="stage 3 runs per set (sampling seeds seed, seed + 1, ...); metrics are their means")
     p.add_argument("--seed", type=int, default=0, help="simulation, split and sampling seed")
     p.add_argument("--threads", type=int, default=0,
                    help="CPU threads per stage (OMP_NUM_THREADS); 0: the library default (all cores)")
     p.add_argument("--tag", default="run", help="name of this measurement (e.g. baseline)")
     p.add_argument("--results", default=os.path.join("bench", "quality_results.jsonl"), help="JSON lines appended here")
     args = p.parse_args(argv)
+    if args.draws < 1:
+        p.error(f"--draws {args.draws}: at least one draw")
     if args.num_per_class is None:   # what a user gets from stage 3 without the flag
         args.num_per_class = GenerateSettings.num_per_class
     args.work = os.path.abspath(args.work)

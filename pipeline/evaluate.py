@@ -201,11 +201,13 @@ class SmallCNN(nn.Module):
         return self.head(self.features(x))
 
 
-def train_classifier(x, y, num_classes, seed=0, epochs=25, batch_size=32):
-    """Adam, fixed seed, small random time shifts as the only augmentation (no flips: they change the class)."""
+def train_classifier(x, y, num_classes, seed=0, epochs=25, batch_size=32, device="cpu"):
+    """Adam, fixed seed, small random time shifts as the only augmentation (no flips: they change the class).
+    The images (N, 3, 64, 64) and labels (N,) stay where they are; each batch goes to `device`, where the model is
+    trained and left."""
     gen = torch.Generator().manual_seed(seed)
     torch.manual_seed(seed)
-    model = SmallCNN(num_classes)
+    model = SmallCNN(num_classes).to(device)
     opt = torch.optim.Adam(model.parameters(), lr=2e-3)
     steps = max(1, (len(x) + batch_size - 1) // batch_size)
     sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=3e-3, total_steps=epochs * steps)
@@ -214,10 +216,10 @@ def train_classifier(x, y, num_classes, seed=0, epochs=25, batch_size=32):
         perm = torch.randperm(len(x), generator=gen)
         for i in range(steps):
             idx = perm[i * batch_size:(i + 1) * batch_size]
-            xb = x[idx]
+            xb = x[idx].to(device)
             shift = int(torch.randint(-6, 7, (1,), generator=gen))
             xb = torch.roll(xb, shifts=shift, dims=3)
-            loss = F.cross_entropy(model(xb), y[idx])
+            loss = F.cross_entropy(model(xb), y[idx].to(device))
             opt.zero_grad()
             loss.backward()
             opt.step()
@@ -250,8 +252,10 @@ def cached_classifier(x, y, num_classes, seed):
 
 @torch.no_grad()
 def predict(model, x):
-    logits = torch.cat([model(part) for part in x.split(256)]) if len(x) else torch.zeros(0, model.head.out_features)
-    feats = torch.cat([model.features(part) for part in x.split(256)]) if len(x) else torch.zeros(0, 128)
+    """(predicted classes (N,), 128-d features (N, 128)) on the CPU for images (N, 3, 64, 64), run where the model is."""
+    device = model.head.weight.device
+    logits = torch.cat([model(part.to(device)).cpu() for part in x.split(256)]) if len(x) else torch.zeros(0, model.head.out_features)
+    feats = torch.cat([model.features(part.to(device)).cpu() for part in x.split(256)]) if len(x) else torch.zeros(0, 128)
     return logits.argmax(1), feats
 
 

@@ -37,9 +37,12 @@ def image_seed(seed, class_id, k):
     return int.from_bytes(digest[:8], "little") & (2 ** 63 - 1)
 
 
-def redraw_seed(seed, class_id, k, attempt):
-    """The seed of the attempt-th draw of image k (attempt 0: image_seed itself)."""
-    return image_seed(seed, class_id, k if attempt == 0 else f"{k}/redraw{attempt}")
+def redraw_seed(seed, class_id, k, attempt, draw=0):
+    """The seed of image k's copy redraw `attempt` (0: the first try) in its `draw`-th drawing (0: the first;
+    stage 3 draws an image again when the class check does not recognise it, pipeline.class_check).
+    Draw 0, attempt 0 is image_seed itself."""
+    key = k if draw == 0 else f"{k}/draw{draw}"
+    return image_seed(seed, class_id, key if attempt == 0 else f"{key}/redraw{attempt}")
 
 
 def redraw_start(start_t, attempt):
@@ -83,8 +86,10 @@ def sample_latents(model, labels, seeds, latent_shape, sampling, device, dtype=N
                       timestep_shift=float(sampling["timestep_shift"]), t_start=start).float()
 
 
-def sample_jobs(model, jobs, seed, latent_shape, sampling, device, dtype=None, by_class=None, copy_ratios=None):
+def sample_jobs(model, jobs, seed, latent_shape, sampling, device, dtype=None, by_class=None, copy_ratios=None,
+                draw=0):
     """Normalised latents (B, C, h, w) for `jobs` [(class c, image k)], and how often each was redrawn (B,).
+    `draw` > 0: the images' draw-th drawing (new seeds, the same sources; see redraw_seed).
     With sampling["start_t"] > 0 the images are variations of `by_class[c]` (class c's normalised training
     latents (n_c, C, h, w)); with `copy_ratios` too (pipeline.copies.copy_ratios_against the training latents)
     every variation that copies a training latent (ratio below REDRAW_RATIO on the tokenizer's scale) is drawn
@@ -92,8 +97,8 @@ def sample_jobs(model, jobs, seed, latent_shape, sampling, device, dtype=None, b
     labels = [c for c, _ in jobs]
     start = float(sampling.get("start_t", 0.0))
     sources = variation_sources(by_class, seed, jobs) if start > 0 else None
-    z = sample_latents(model, labels, [image_seed(seed, c, k) for c, k in jobs], latent_shape, sampling, device,
-                       dtype, sources=sources)
+    z = sample_latents(model, labels, [redraw_seed(seed, c, k, 0, draw) for c, k in jobs], latent_shape, sampling,
+                       device, dtype, sources=sources)
     redraws = torch.zeros(len(jobs), dtype=torch.long)
     if start == 0 or copy_ratios is None:
         return z, redraws
@@ -105,7 +110,7 @@ def sample_jobs(model, jobs, seed, latent_shape, sampling, device, dtype=None, b
         t = redraw_start(start, attempt)
         part = [jobs[i] for i in todo.tolist()]
         z[todo.to(z.device)] = sample_latents(model, [c for c, _ in part],
-                                              [redraw_seed(seed, c, k, attempt) for c, k in part], latent_shape,
+                                              [redraw_seed(seed, c, k, attempt, draw) for c, k in part], latent_shape,
                                               dict(sampling, start_t=t), device, dtype,
                                               sources=sources[todo] if t > 0 else None)
         redraws[todo] = attempt

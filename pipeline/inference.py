@@ -30,6 +30,7 @@ from pipeline.checkpoint import (latents_fingerprint, latest_checkpoint, read_ch
 from pipeline.common import (UsageError, all_ranks_sum, atomic_path, barrier, cleanup_distributed, init_distributed,
                              is_temp_file, pick_device, pick_precision, read_json, write_json_atomic)
 from pipeline.config import config_differences
+from pipeline.class_check import MAX_CLASS_DRAWS, classifier_view, fit_class_check, recognised
 from pipeline.evaluate import check_heldout
 from pipeline.copies import REDRAW_RATIO, copy_ratios_against
 from pipeline.generate import decode_latents, denormalise, image_seed, normalise, sample_jobs
@@ -58,6 +59,7 @@ class GenerateSettings:
     timestep_shift: Optional[float] = None
     start_t: Optional[float] = None        # > 0: variations of the training images (pipeline.generate); 0: pure noise
     copies: str = "redraw"                 # variations that copy a training image: redraw | keep
+    class_check: str = "redraw"            # images the class check does not recognise: redraw | keep
     steps: Optional[int] = None
     method: Optional[str] = None           # euler | heun
     seed: int = 0
@@ -252,12 +254,23 @@ def _generate(job, rank, world, local_rank):
     original_sizes = ckpt["original_sizes"] or {} if job.original_size else None
     stats = ckpt["stats"]
     weights = "ema" if not job.no_ema else "model"
-    sources = training_latents(ckpt, sampling["start_t"]) if sampling["start_t"] > 0 else None
+    start_t = sampling["start_t"]
+    check = job.class_check == "redraw" and len(classes) > 1   # one class: nothing to tell apart
+    train = None
+    if start_t > 0:
+        train = training_latents(ckpt, f"--start_t {start_t:g}: images are variations of the training images",
+                                 "pass --start_t 0 to sample from pure noise")
+    elif check:
+        train = training_latents(ckpt, "--class_check redraw: its classifiers learn from the training images",
+                                 "pass --class_check keep")
+    sources = train if start_t > 0 else None
     # start_t is recorded only when used, so output dirs of pure-noise runs keep their settings
     recorded = {k: v for k, v in sampling.items() if k != "start_t" or v > 0}
     if sources is not None:
         recorded["sources_sha1"] = ckpt["latents_fingerprint"]
         recorded["copies"] = f"redraw below {REDRAW_RATIO:g}" if job.copies == "redraw" else "keep"
+    recorded["class_check"] = (f"redraw up to {MAX_CLASS_DRAWS} times" if check else
+                               "keep" if job.class_check == "keep" else "none (one class)")
     copy_ratios = (copy_ratios_against(torch.cat(sources), ckpt["stats"]["std"].flatten())
                    if sources is not None and job.copies == "redraw" else None)
 
@@ -274,31 +287,57 @@ def _generate(job, rank, world, local_rank):
         write_json_atomic(os.path.join(job.output_dir, "samples.json"),
                           dict(settings=settings, checkpoint=os.path.abspath(ckpt_path), files=files, complete=False))
     barrier(world)
-
+    # every rank lists the missing images before any rank writes one
     jobs = [(c, k) for c in class_ids for k in range(job.num_per_class)
             if not os.path.isfile(os.path.join(job.output_dir, image_file(folders[classes[c]], k)))]
     mine = jobs[rank::world]
+
+    def decode(z_normalised):   # normalised latents -> (tokenizer-space latents, images (B, 3, H, W) on the CPU)
+        z_tokenizer = denormalise(z_normalised, stats)
+        images = decode_latents(tokenizer, z_tokenizer, device, dtype, chunk=job.decode_chunk)
+        return z_tokenizer, images.clone()   # a normal tensor (decoded in inference mode): the check replaces rows
+
+    checkers = None
+    if check:
+        views = torch.cat([classifier_view(decode(x)[1], gray) for x in train])
+        checkers = fit_class_check(views, torch.cat([torch.full((len(x),), c) for c, x in enumerate(train)]),
+                                   len(classes), device)
+
     partial_dir = os.path.join(job.output_dir, PARTIAL_DIR)
     bar = tqdm(total=len(mine), unit="img", desc="generate", disable=rank != 0)
-    redrawn = torch.zeros(len(classes), dtype=torch.long)   # this rank's images that were copies and drawn again
+    # this rank's counts per class: copies drawn again, images drawn again for the class check, never recognised
+    redrawn, class_redrawn, unrecognised = (torch.zeros(len(classes), dtype=torch.long) for _ in range(3))
     for start in range(0, len(mine), job.batch_size):
         batch = mine[start:start + job.batch_size]
+        labels = torch.tensor([c for c, _ in batch])
         z, redraws = sample_jobs(model, batch, job.seed, latent_shape, sampling, device, dtype, by_class=sources,
                                  copy_ratios=copy_ratios)
-        redrawn += torch.bincount(torch.tensor([c for c, _ in batch])[redraws > 0], minlength=len(classes))
-        z = denormalise(z, stats)
+        z, images = decode(z)
+        drawn = torch.zeros(len(batch), dtype=torch.bool)
+        for draw in range(1, MAX_CLASS_DRAWS + 2) if checkers else ():   # draw again what the check does not recognise
+            todo = (~recognised(checkers, classifier_view(images, gray), labels)).nonzero().flatten()
+            if len(todo) == 0 or draw > MAX_CLASS_DRAWS:
+                unrecognised += torch.bincount(labels[todo], minlength=len(classes))
+                break
+            again, again_redraws = sample_jobs(model, [batch[i] for i in todo.tolist()], job.seed, latent_shape,
+                                               sampling, device, dtype, by_class=sources, copy_ratios=copy_ratios,
+                                               draw=draw)
+            z[todo.to(z.device)], images[todo] = decode(again)
+            redraws[todo], drawn[todo] = again_redraws, True
+        redrawn += torch.bincount(labels[redraws > 0], minlength=len(classes))
+        class_redrawn += torch.bincount(labels[drawn], minlength=len(classes))
         if job.save_latents:
             with atomic_path(os.path.join(partial_dir, f"rank{rank}_{start:07d}_{time.time_ns()}.safetensors")) as tmp:
-                save_file({"latents": z.cpu().contiguous(), "labels": torch.tensor([c for c, _ in batch]),
+                save_file({"latents": z.cpu().contiguous(), "labels": labels,
                            "index": torch.tensor([k for _, k in batch])}, tmp)
-        images = decode_latents(tokenizer, z, device, dtype, chunk=job.decode_chunk)
         for img, (c, k) in zip(images, batch):
             size = original_sizes.get(classes[c]) if original_sizes is not None else None
             save_image(img, os.path.join(job.output_dir, image_file(folders[classes[c]], k)), gray,
                        size=tuple(size) if size else None, colormap=colormap)
         bar.update(len(batch))
     bar.close()
-    redrawn = all_ranks_sum(redrawn, device, world)
+    redrawn, class_redrawn, unrecognised = (all_ranks_sum(x, device, world) for x in (redrawn, class_redrawn,
+                                                                                       unrecognised))
     barrier(world)
     if rank != 0:
         return None
@@ -314,6 +353,8 @@ def _generate(job, rank, world, local_rank):
                     classes={n: dict(label=classes.index(n), folder=folders[n], count=len(v)) for n, v in images.items()},
                     images=images, generated_this_run=len(jobs),
                     redrawn_this_run={classes[c]: int(redrawn[c]) for c in class_ids} if copy_ratios is not None else None,
+                    class_redrawn_this_run={classes[c]: int(class_redrawn[c]) for c in class_ids} if checkers else None,
+                    unrecognised_this_run={classes[c]: int(unrecognised[c]) for c in class_ids} if checkers else None,
                     time_s=round(time.time() - t_start, 2),
                     colormap=colormap, data=data)
     if job.archive:
@@ -322,25 +363,24 @@ def _generate(job, rank, world, local_rank):
     return manifest, tokenizer
 
 
-def training_latents(ckpt, start_t):
-    """[per class id: its normalised training latents (n, C, h, w)] from the run's stage 1 output, for variations.
-    They must be the latents the run trained on (its fingerprint): a one-line error says what to do otherwise."""
+def training_latents(ckpt, why, remedy):
+    """[per class id: its normalised training latents (n, C, h, w)] from the run's stage 1 output, for variations
+    and the class check. They must be the latents the run trained on (its fingerprint): otherwise a one-line
+    error: `why` they are needed (it names the flag), what is wrong, and `remedy` (the flag that avoids them)."""
     latent_dir = ckpt["latent_dir"]
     if not latent_dir or not os.path.isdir(latent_dir):
-        raise UsageError(f"--start_t {start_t:g}: images are variations of the training "
-                         f"images, but the run's latent dir ({latent_dir}) is not on this machine; copy it there or "
-                         f"pass --start_t 0 to sample from pure noise")
+        raise UsageError(f"{why}, but the run's latent dir ({latent_dir}) is not on this machine; copy it there or "
+                         f"{remedy}")
     data = load_latents(latent_dir)
     if ckpt.get("latents_fingerprint") not in (None, latents_fingerprint(data)):
-        raise UsageError(f"--start_t {start_t:g}: the latents in {latent_dir} are not the ones this run trained on "
-                         f"(stage 1 was run again?); pass --start_t 0 to sample from pure noise, or train on them again")
+        raise UsageError(f"{why}, but the latents in {latent_dir} are not the ones this run trained on "
+                         f"(stage 1 was run again?); {remedy}, or train on them again")
     train = data["split"] == 0
     latents, labels = normalise(data["latents"][train].float(), ckpt["stats"]), data["labels"][train]
     found = [latents[labels == c] for c in range(len(ckpt["classes"]))]
     empty = [name for name, x in zip(ckpt["classes"], found) if len(x) == 0]
     if empty:
-        raise UsageError(f"--start_t {start_t:g}: class(es) {', '.join(empty)} have no training latents in "
-                         f"{latent_dir}; pass --start_t 0 to sample from pure noise")
+        raise UsageError(f"{why}, but class(es) {', '.join(empty)} have no training latents in {latent_dir}; {remedy}")
     return found
 
 

@@ -143,7 +143,31 @@ def test_variations_start_from_the_training_images(tmp_path, run_dir, capsys):
         code, stderr = cli_error(stage3.main, ["--checkpoint", tmp_path / "changed.pt", "--vavae_path", "demo",
                                                "--output_dir", tmp_path / "o5", "--device", "cpu"], capsys)
         assert code == 2 and message in stderr and "--start_t 0" in stderr, stderr
-    gen(tmp_path / "changed.pt", tmp_path / "o6", "--start_t", "0")   # pure noise needs no training latents
+    # pure noise needs them only for the class check: the same line names the flag that does without
+    code, stderr = cli_error(stage3.main, ["--checkpoint", tmp_path / "changed.pt", "--vavae_path", "demo",
+                                           "--output_dir", tmp_path / "o6", "--device", "cpu", "--start_t", "0"], capsys)
+    assert code == 2 and "not the ones this run trained on" in stderr and "--class_check keep" in stderr, stderr
+    gen(tmp_path / "changed.pt", tmp_path / "o6", "--start_t", "0", "--class_check", "keep")
+
+
+def test_class_check_draws_again_what_looks_like_another_class(tmp_path, run_dir):
+    # unguided (cfg 0: the unconditional model) and coarse, many samples look like the other class
+    args = ("--start_t", "0", "--cfg_scale", "0", "--steps", "2", "--num_per_class", "10", "--save_latents")
+    kept = gen(run_dir, tmp_path / "keep", *args, "--class_check", "keep")
+    checked = gen(run_dir, tmp_path / "a", *args, "--batch_size", "1")
+    assert kept["settings"]["class_check"] == "keep" and kept["class_redrawn_this_run"] is None
+    assert checked["settings"]["class_check"].startswith("redraw") and sum(checked["class_redrawn_this_run"].values()) > 0
+
+    def own_class(out):   # share of samples whose latent channel means lie nearest their own class mean
+        lat = load_file(out / "latents.safetensors")
+        means = torch.stack([m.flatten() for m in MEANS])
+        return float((torch.cdist(lat["latents"].mean(dim=(2, 3)), means).argmin(1) == lat["labels"]).float().mean())
+    assert own_class(tmp_path / "a") > own_class(tmp_path / "keep")
+    # an image drawn again still depends only on its own seeds, not on the batch it was drawn in
+    gen(run_dir, tmp_path / "b", *args, "--batch_size", "7")
+    for folder in ("_up", "walk_fast"):
+        a, b = _pixels(tmp_path / "a" / folder), _pixels(tmp_path / "b" / folder)
+        assert a.keys() == b.keys() and all(np.abs(a[k].astype(int) - b[k].astype(int)).max() <= 1 for k in a)
 
 
 def test_two_ranks_split_the_work_and_match_one_process(tmp_path, run_dir):
