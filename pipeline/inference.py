@@ -30,7 +30,7 @@ from pipeline.checkpoint import (latents_fingerprint, latest_checkpoint, read_ch
 from pipeline.common import (UsageError, all_ranks_sum, atomic_path, barrier, cleanup_distributed, init_distributed,
                              is_temp_file, pick_device, pick_precision, read_json, write_json_atomic)
 from pipeline.config import config_differences
-from pipeline.class_check import MAX_CLASS_DRAWS, classifier_view, fit_class_check, recognised
+from pipeline.class_check import MAX_CLASS_DRAWS, classifier_view, fit_class_check, recognised, spread_subset
 from pipeline.evaluate import check_heldout
 from pipeline.copies import REDRAW_RATIO, copy_ratios_against
 from pipeline.generate import decode_latents, denormalise, image_seed, normalise, sample_jobs
@@ -299,8 +299,9 @@ def _generate(job, rank, world, local_rank):
 
     checkers = None
     if check:
-        views = torch.cat([classifier_view(decode(x)[1], gray) for x in train])
-        checkers = fit_class_check(views, torch.cat([torch.full((len(x),), c) for c, x in enumerate(train)]),
+        subsets = [spread_subset(x) for x in train]
+        views = torch.cat([classifier_view(decode(x)[1], gray) for x in subsets])
+        checkers = fit_class_check(views, torch.cat([torch.full((len(x),), c) for c, x in enumerate(subsets)]),
                                    len(classes), device)
 
     partial_dir = os.path.join(job.output_dir, PARTIAL_DIR)

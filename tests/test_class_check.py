@@ -2,7 +2,7 @@
 
 import torch
 
-from pipeline.class_check import CHECK_SEEDS, classifier_view, fit_class_check, recognised
+from pipeline.class_check import CHECK_SEEDS, classifier_view, fit_class_check, recognised, spread_subset
 
 
 def _bands(n, row, seed):
@@ -33,3 +33,11 @@ def test_majority_of_the_classifiers_recognises_the_own_class_and_flags_the_othe
     truth = torch.tensor([0] * 8 + [1] * 8)
     assert recognised(checkers, test, truth).all()
     assert not recognised(checkers, test, 1 - truth).any()   # labelled as the other class: drawn again
+
+
+def test_a_large_class_is_subsampled_evenly_and_a_small_one_kept_whole():
+    x = torch.arange(1000.0)
+    assert torch.equal(spread_subset(x[:150], 200), x[:150])
+    part = spread_subset(x, 200)
+    assert len(part) == 200 and part[0] == 0 and part[-1] == 999 and (part.diff() > 0).all()
+    assert part.diff().max() - part.diff().min() <= 1   # evenly spread over the whole class
