@@ -21,7 +21,7 @@ accuracy rise (on a simulated set by 0.06 and 0.03); tstr moves by less than one
 import torch
 import torch.nn.functional as F
 
-from pipeline.evaluate import EVAL_SIZE, predict, train_classifier
+from pipeline.evaluate import EVAL_SIZE, cached_classifier, predict
 
 CHECK_SEEDS = (100, 101, 102)   # not the evaluation's classifier seeds (0, 1, 2)
 MAX_CLASS_DRAWS = 3             # drawings after the first one
@@ -48,11 +48,12 @@ def classifier_view(images, gray):
 
 def fit_class_check(train_images, train_labels, num_classes, device="cpu", seeds=CHECK_SEEDS):
     """Classifiers (one per seed) on classifier views (N, 3, 64, 64) of the training images with labels (N,),
-    trained on `device` with deterministic kernels: a resumed run must make the same decisions."""
+    trained on `device` with deterministic kernels (a resumed run must make the same decisions) and cached
+    with the evaluation's classifiers, so that stage 3 runs on the same run train them once."""
     deterministic = torch.backends.cudnn.deterministic
     torch.backends.cudnn.deterministic = True
     try:
-        return [train_classifier(train_images, train_labels, num_classes, seed, device=device) for seed in seeds]
+        return [cached_classifier(train_images, train_labels, num_classes, seed, device) for seed in seeds]
     finally:
         torch.backends.cudnn.deterministic = deterministic
 

@@ -227,8 +227,9 @@ def train_classifier(x, y, num_classes, seed=0, epochs=25, batch_size=32, device
     return model.eval()
 
 
-def cached_classifier(x, y, num_classes, seed):
-    """The real-data classifier, cached by a hash of its training images, labels and settings."""
+def cached_classifier(x, y, num_classes, seed, device="cpu"):
+    """train_classifier, cached by a hash of its training images, labels and settings (the real-data classifier
+    of every evaluation, stage 3's class check); returned on `device`."""
     h = hashlib.sha256()
     h.update(x.numpy().tobytes())
     h.update(y.numpy().tobytes())
@@ -237,11 +238,11 @@ def cached_classifier(x, y, num_classes, seed):
     model = SmallCNN(num_classes)
     if os.path.isfile(path):
         try:
-            model.load_state_dict(torch.load(path, weights_only=True))
-            return model.eval()
+            model.load_state_dict(torch.load(path, weights_only=True, map_location="cpu"))
+            return model.to(device).eval()
         except (RuntimeError, OSError, EOFError):
             pass  # unreadable cache entry: retrain
-    model = train_classifier(x, y, num_classes, seed)
+    model = train_classifier(x, y, num_classes, seed, device=device)
     try:
         from pipeline.common import atomic_torch_save
         atomic_torch_save(model.state_dict(), path)
