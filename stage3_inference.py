@@ -79,8 +79,9 @@ def main(argv=None):
               f"{manifest['generated_this_run']} new images (" + ", ".join(f"{n}: {v}" for n, v in redrawn.items()) + ")")
     class_redrawn, unrecognised = manifest["class_redrawn_this_run"], manifest["unrecognised_this_run"]
     if class_redrawn is not None:
+        per_class = ", ".join(f"{n}: {v}/{unrecognised[n]}" for n, v in class_redrawn.items())
         print(f"class check: {sum(class_redrawn.values())} images drawn again, {sum(unrecognised.values())} still "
-              f"not recognised after the last draw (" + ", ".join(f"{n}: {v}/{unrecognised[n]}" for n, v in class_redrawn.items()) + ")")
+              f"not recognised after the last draw ({per_class})")
     if args.eval:
         from pipeline.evaluate import evaluate_run
         result = evaluate_run(manifest, args.output_dir, args.seed, tokenizer)

@@ -293,8 +293,8 @@ def table_row(rec):
         f"{_f(m.get('augmented_accuracy'))} ({_f(d['augmented_minus_real_only'], '{:+.3f}')})",
         _f(m.get("precision")), _f(m.get("recall")), _f(m.get("memorisation_fraction")),
         f"{len(met)}/4",
-        ", ".join(f"{_f(x['derived']['generated_over_real'], '{:.2f}')} / {_f(x['derived']['tstr_over_real_only'], '{:.2f}')}"
-                  for x in rec.get("draws", [])),
+        ", ".join(f"{_f(x['derived']['generated_over_real'], '{:.2f}')} / "
+                  f"{_f(x['derived']['tstr_over_real_only'], '{:.2f}')}" for x in rec.get("draws", [])),
         "{:g}/{:g}, {:g}".format(*(rec["sampling"][k] for k in ("cfg_scale", "cfg_interval_start", "start_t"))),
         *(f"{t[s]:.0f}" for s in ("stage1", "stage2", "stage3", "total"))]) + " |"
 

@@ -6,8 +6,8 @@ A generated training set is only as good as its labels. Some samples of a class 
 (on a measured set, generated *falls* that look like *drinks*). So stage 3 fits len(CHECK_SEEDS) small
 classifiers (pipeline.evaluate's SmallCNN and training, other seeds) on the tokenizer's decoding of up to
 PER_CLASS training latents per class: their round trips, through the same decoder as the generated images, so
-that the classifiers judge class content and not the decoder's texture. While most of them assign an image to another
-class it is drawn again from the same training image with new seeds (pipeline.generate.redraw_seed's `draw`),
+that the classifiers judge class content and not the decoder's texture. While most of them assign an image to
+another class it is drawn again from the same training image with new seeds (pipeline.generate.redraw_seed's `draw`),
 at most MAX_CLASS_DRAWS times; an image never recognised keeps its last draw (samples.json counts both).
 Every image is seen the same way (`classifier_view`: 8 bits as written, the data's colour mode, 64 px), and
 the classifiers are trained once per run with fixed seeds and deterministic kernels, so image k still depends

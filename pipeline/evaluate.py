@@ -253,11 +253,13 @@ def cached_classifier(x, y, num_classes, seed, device="cpu"):
 
 @torch.no_grad()
 def predict(model, x):
-    """(predicted classes (N,), 128-d features (N, 128)) on the CPU for images (N, 3, 64, 64), run where the model is."""
+    """(predicted classes (N,), 128-d features (N, 128)) on the CPU for images (N, 3, 64, 64), run where the
+    model is. One pass: the logits are the head applied to the same features (SmallCNN.forward)."""
+    if len(x) == 0:
+        return torch.zeros(0, dtype=torch.long), torch.zeros(0, 128)
     device = model.head.weight.device
-    logits = torch.cat([model(part.to(device)).cpu() for part in x.split(256)]) if len(x) else torch.zeros(0, model.head.out_features)
-    feats = torch.cat([model.features(part.to(device)).cpu() for part in x.split(256)]) if len(x) else torch.zeros(0, 128)
-    return logits.argmax(1), feats
+    feats = torch.cat([model.features(part.to(device)) for part in x.split(256)])
+    return model.head(feats).argmax(1).cpu(), feats.cpu()
 
 
 def accuracy(pred, y):

@@ -349,13 +349,17 @@ def _generate(job, rank, world, local_rank):
     if job.save_latents:
         _merge_latents(partial_dir, os.path.join(job.output_dir, "latents.safetensors"))
     images = images_by_class(files, classes, folders, job.seed)
+
+    def per_class(counts):   # {class name: count} over the classes generated
+        return {classes[c]: int(counts[c]) for c in class_ids}
+
     manifest = dict(settings=settings, checkpoint=os.path.abspath(ckpt_path), checkpoint_picked=picked,
                     files=files, complete=True, latent_dir=ckpt["latent_dir"],
                     classes={n: dict(label=classes.index(n), folder=folders[n], count=len(v)) for n, v in images.items()},
                     images=images, generated_this_run=len(jobs),
-                    redrawn_this_run={classes[c]: int(redrawn[c]) for c in class_ids} if copy_ratios is not None else None,
-                    class_redrawn_this_run={classes[c]: int(class_redrawn[c]) for c in class_ids} if checkers else None,
-                    unrecognised_this_run={classes[c]: int(unrecognised[c]) for c in class_ids} if checkers else None,
+                    redrawn_this_run=per_class(redrawn) if copy_ratios is not None else None,
+                    class_redrawn_this_run=per_class(class_redrawn) if checkers else None,
+                    unrecognised_this_run=per_class(unrecognised) if checkers else None,
                     time_s=round(time.time() - t_start, 2),
                     colormap=colormap, data=data)
     if job.archive:

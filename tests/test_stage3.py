@@ -156,7 +156,8 @@ def test_class_check_draws_again_what_looks_like_another_class(tmp_path, run_dir
     kept = gen(run_dir, tmp_path / "keep", *args, "--class_check", "keep")
     checked = gen(run_dir, tmp_path / "a", *args, "--batch_size", "1")
     assert kept["settings"]["class_check"] == "keep" and kept["class_redrawn_this_run"] is None
-    assert checked["settings"]["class_check"].startswith("redraw") and sum(checked["class_redrawn_this_run"].values()) > 0
+    assert checked["settings"]["class_check"].startswith("redraw")
+    assert sum(checked["class_redrawn_this_run"].values()) > 0
 
     def own_class(out):   # share of samples whose latent channel means lie nearest their own class mean
         lat = load_file(out / "latents.safetensors")
