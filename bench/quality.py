@@ -7,7 +7,7 @@ and ends with a markdown table for bench/RESULTS.md.
 
     python bench/quality.py [--sets sim_hard_a,sim_hard_b,measured:NAME|measured:*] [--measured_root /work/data/measured]
                             [--work bench/out/quality] [--config configs/demo_cpu.yaml] [--extra_stage2 "..."]
-                            [--extra_stage3 "..."] [--num_per_class N] [--draws N] [--tag NAME]
+                            [--extra_stage3 "..."] [--num_per_class N] [--draws N] [--image_size N] [--tag NAME]
 
 Sets: `sim_<suite>` is a simulated suite of pipeline.simulate.SUITES (e.g. sim_hard_a), written fresh
 each run; `measured:NAME` is the class-folder tree --measured_root/NAME; `measured:*` is every such
@@ -178,7 +178,8 @@ def draw_dir(d, i):
 def stage_commands(args, data, d, val_fraction, draw=0):
     """The three stage command lines for one set (work dir d); stage 3's for `draw` (seed args.seed + draw)."""
     py = sys.executable
-    s1 = [py, "stage1_extract_features.py", "--data_dir", data, "--vavae_path", "demo", "--image_size", "128",
+    s1 = [py, "stage1_extract_features.py", "--data_dir", data, "--vavae_path", "demo",
+          "--image_size", str(args.image_size),
           "--num_workers", "0", "--device", "cpu", "--val_fraction", str(val_fraction), "--seed", str(args.seed),
           "--output_dir", os.path.join(d, "latents")]
     s2 = [py, "stage2_train_dit.py", "--latent_dir", os.path.join(d, "latents"), "--output_dir", os.path.join(d, "run"),
@@ -267,7 +268,8 @@ def provenance(args):
                              loadavg_at_start=[round(x, 2) for x in os.getloadavg()] if hasattr(os, "getloadavg") else None,
                              niceness=os.nice(0) if hasattr(os, "nice") else None),
                 commit=git("rev-parse", "--short", "HEAD"), dirty=bool(git("status", "--porcelain")), code_root=ROOT,
-                tag=args.tag, config=args.config, extra_stage2=args.extra_stage2, extra_stage3=args.extra_stage3,
+                tag=args.tag, config=args.config, image_size=args.image_size, extra_stage2=args.extra_stage2,
+                extra_stage3=args.extra_stage3,
                 num_per_class=args.num_per_class, draws=args.draws, seed=args.seed, threads=args.threads or None)
 
 
@@ -305,6 +307,7 @@ def markdown(records, prov):
     title = (f"Quality benchmark, tag `{prov['tag']}`, commit {prov['commit']}{' (+uncommitted changes)' if prov['dirty'] else ''}, "
              f"{prov['date'][:10]}, {prov['machine']['cpu_count']} CPUs ({prov['machine']['processor']}), "
              f"config {prov['config']}{(' ' + prov['extra_stage2']) if prov['extra_stage2'] else ''}, "
+             f"{prov['image_size']} px, "
              f"{prov['num_per_class']} generated per class, means over {prov['draws']} draw(s)" + threads)
     return "\n".join([title, "", head] + [table_row(r) for r in records])
 
@@ -329,6 +332,9 @@ def main(argv=None):
     p.add_argument("--measured_root", default="/work/data/measured", help="folder of measured class-folder sets")
     p.add_argument("--work", default=os.path.join("bench", "out", "quality"), help="work dir (tag/set below it)")
     p.add_argument("--config", default=os.path.join("configs", "demo_cpu.yaml"), help="stage 2 --config")
+    p.add_argument("--image_size", type=int, default=128,
+                   help="stage 1 --image_size. 128, the sets' own size, keeps a set within 10 minutes on 2 cores; "
+                        "stage 1's default, 256, keeps more detail and takes about 2.5x as long (bench/RESULTS.md)")
     p.add_argument("--extra_stage2", default="", help="extra stage 2 arguments, one string")
     p.add_argument("--extra_stage3", default="", help="extra stage 3 arguments, one string")
     p.add_argument("--num_per_class", type=int, default=None,
