@@ -228,8 +228,8 @@ def train_classifier(x, y, num_classes, seed=0, epochs=25, batch_size=32, device
 
 
 def cached_classifier(x, y, num_classes, seed, device="cpu"):
-    """train_classifier, cached by a hash of its training images, labels and settings (the real-data classifier
-    of every evaluation, stage 3's class check); returned on `device`."""
+    """train_classifier, cached by a hash of its training images, labels and settings (the real-data and the
+    round-trip classifiers of every evaluation, stage 3's class check); returned on `device`."""
     h = hashlib.sha256()
     h.update(x.numpy().tobytes())
     h.update(y.numpy().tobytes())
@@ -368,7 +368,8 @@ def classifier_accuracies(data, k, seed):
     if "rec_held" in data:
         acc["reconstruction_accuracy"] = accuracy(predict(clf, data["rec_held"][0])[0], data["rec_held"][1])
         # tstr of a perfect latent generator: a classifier trained on the training images' own round trips
-        rec_clf = train_classifier(*data["rec_train"], k, seed)
+        # (the same for every evaluation of a run: cached like the real-data classifier)
+        rec_clf = cached_classifier(*data["rec_train"], k, seed)
         acc["reconstruction_tstr_accuracy"] = accuracy(predict(rec_clf, x_held)[0], y_held)
     per_class = [dict(real_accuracy=accuracy(pred_held[y_held == c], y_held[y_held == c]),
                       generated_accuracy=accuracy(pred_gen[y_gen == c], y_gen[y_gen == c])) for c in range(k)]
