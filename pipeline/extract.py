@@ -125,11 +125,12 @@ def check_token_count(size, downsample, text):
 def enlargement_warning(largest, size, downsample):
     """A warning (or None) when every image (longest side `largest` px) is enlarged to at least 1.5x in
     `size` (H, W): it names the smallest --image_size that keeps them whole (a multiple of 16, with the
-    2x2 latents check_token_count asks for) and the trade-off. The enlargement is not wasted: the tokenizer
-    keeps 32 values per 16x16 patch at any size, so an enlarged image keeps more of its detail: on a measured
-    set of 128 px spectrograms a real-data classifier recognised the demo tokenizer's round trips 0.86 of
-    the time at 256 px and 0.66 at 128 px, the originals 0.87 (bench/RESULTS.md, twelfth session). The
-    price is 4x the latent tokens per halving (stage 2 about 4x slower)."""
+    2x2 latents check_token_count asks for) and the trade-off. The tokenizer keeps 32 values per 16x16 patch at
+    any size, so an enlarged image keeps more of its detail: on a measured set of 128 px spectrograms a
+    real-data classifier recognised the demo tokenizer's round trips 0.86 of the time at 256 px and 0.66 at
+    128 px (the originals 0.87), and stage 3's images were better at 256 px; on smooth simulated ones, kept
+    whole at 128 px already, they were worse at 256 px (bench/RESULTS.md, twelfth session). The price of twice
+    the size: 4x the latent tokens (stage 2 about 4x slower, and harder for a small model)."""
     if largest is None:
         return None
     smaller = max(2 * downsample, -(-largest // 16) * 16)
@@ -137,9 +138,9 @@ def enlargement_warning(largest, size, downsample):
         return None
     factor = (min(size) // smaller) ** 2
     return (f"every image is at most {largest} px and is enlarged to {size[0]}x{size[1]}: the tokenizer keeps more "
-            f"of each image's detail this way, but stage 2 trains on {factor}x the latent tokens of "
-            f"--image_size {smaller} (about {factor}x slower, e.g. on a CPU); --image_size {smaller} is faster "
-            f"and loses detail")
+            f"of each image's detail, and stage 2 trains on {factor}x the latent tokens of --image_size {smaller} "
+            f"(about {factor}x slower on a CPU, and a small model learns them less well); detailed spectrograms "
+            f"gain from the larger size, smooth ones do not (README: Domain rules)")
 
 
 def _settings(job, files, size, tokenizer_info):

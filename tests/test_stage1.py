@@ -127,6 +127,7 @@ def test_warnings_for_enlarged_images_and_colour_with_the_demo_tokenizer(tmp_pat
         Image.fromarray(np.stack([base, base // 2, 255 - base], -1)).save(rgb / f"{i}.png")
     info = run_stage1(tmp_path / "small", tmp_path / "o1", tokenizer_path, "--image_size", "64")
     assert any("at most 16 px and is enlarged to 64x64" in w and "4x the latent tokens of --image_size 32" in w
+               and "smooth ones do not" in w
                for w in info["warnings"]), info["warnings"]
     info = run_stage1(tmp_path / "small", tmp_path / "o0", tokenizer_path)   # 32 px: the smallest size already
     assert not any("enlarged" in w for w in info["warnings"])
