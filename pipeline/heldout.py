@@ -38,8 +38,9 @@ the check's samples are copies that stage 3 would draw again (pipeline.copies: l
 REDRAW_RATIO on the tokenizer's scale). A later start keeps more of the training image: on the quality
 benchmark tstr and augmented accuracy rise with it, and so does the share of copies; stage 3 redraws those
 from an earlier start (on the benchmark and the demo the evaluation then counts 0-0.5 % copies). Until the
-tenth session no copy at all was allowed here (the start then was the last before the first copy, 0.15 on the measured sets); allowing stage 3 to redraw up
-to a quarter moves it to 0.35-0.4 there (bench/RESULTS.md, tenth session).
+tenth session no copy at all was allowed here (the start then was the last before the first copy, 0.15 on
+the measured sets); allowing stage 3 to redraw up to a quarter moves it to 0.35-0.4 there (bench/RESULTS.md,
+tenth session).
 """
 
 import numpy as np
