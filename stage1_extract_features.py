@@ -12,6 +12,7 @@ from pipeline.common import run_cli
 from pipeline.extract import ExtractSettings, run
 from pipeline.figure_trim import parse_trim
 from pipeline.preprocess import hygiene_lines
+from pipeline.size_choice import describe as describe_size_choice
 
 
 def trim_option(text):
@@ -31,7 +32,9 @@ def parse_args(argv=None):
                    help="VA-VAE tokenizer (.pt or .safetensors), or 'demo' for the offline demo tokenizer")
     p.add_argument("--imagenet_stats", help="ImageNet latents_stats.pt to compare with")
     p.add_argument("--output_dir")
-    p.add_argument("--image_size", help="N, a multiple of 16 (stage 2 trains square latents)")
+    p.add_argument("--image_size",
+                   help="auto: the images' own size when the tokenizer keeps their class content there (measured "
+                        "on the data), otherwise 256; or N, a multiple of 16 (stage 2 trains square latents)")
     p.add_argument("--resize", choices=["stretch", "center_crop", "pad"],
                    help="stretch (default) keeps the whole spectrogram; cropping can cut Doppler extremes")
     p.add_argument("--color", choices=["auto", "gray", "rgb"],
@@ -69,6 +72,7 @@ def main(argv=None):
     counts = ", ".join(f"{c['name']}: {c['train']}+{c['heldout']}" for c in manifest["classes"])
     print(f"encoded {manifest['num_images']} images ({counts} train+held-out), latents {manifest['latent_shape']}, "
           f"colour {manifest['color_mode']}, in {manifest['timings']['total_s']:.1f} s -> {args.output_dir}")
+    print(describe_size_choice(manifest["image_size_choice"]))
     print(f"colour: {manifest['color_detection']['reason']}")
     trim = manifest["trim"]
     if trim["mode"] != "none":

@@ -7,7 +7,7 @@ and ends with a markdown table for bench/RESULTS.md.
 
     python bench/quality.py [--sets sim_hard_a,sim_hard_b,measured:NAME|measured:*] [--measured_root /work/data/measured]
                             [--work bench/out/quality] [--config configs/demo_cpu.yaml] [--extra_stage2 "..."]
-                            [--extra_stage3 "..."] [--num_per_class N] [--draws N] [--image_size N] [--tag NAME]
+                            [--extra_stage3 "..."] [--num_per_class N] [--draws N] [--image_size auto|N] [--tag NAME]
 
 Sets: `sim_<suite>` is a simulated suite of pipeline.simulate.SUITES (e.g. sim_hard_a), written fresh
 each run; `measured:NAME` is the class-folder tree --measured_root/NAME; `measured:*` is every such
@@ -179,7 +179,7 @@ def stage_commands(args, data, d, val_fraction, draw=0):
     """The three stage command lines for one set (work dir d); stage 3's for `draw` (seed args.seed + draw)."""
     py = sys.executable
     s1 = [py, "stage1_extract_features.py", "--data_dir", data, "--vavae_path", "demo",
-          "--image_size", str(args.image_size),
+          "--image_size", args.image_size,
           "--num_workers", "0", "--device", "cpu", "--val_fraction", str(val_fraction), "--seed", str(args.seed),
           "--output_dir", os.path.join(d, "latents")]
     s2 = [py, "stage2_train_dit.py", "--latent_dir", os.path.join(d, "latents"), "--output_dir", os.path.join(d, "run"),
@@ -227,6 +227,7 @@ def run_set(name, args):
         rec["derived"] = derived(metrics)
         rec["targets"] = targets(metrics, rec["derived"])
         rec["stage2_steps"] = _trained_steps(os.path.join(d, "run"))
+        rec["image_size"] = json.load(open(os.path.join(d, "latents", "dataset.json")))["image_size"][0]
         used = json.load(open(os.path.join(d, "generated", "samples.json")))["settings"]
         rec["sampling"] = {k: used.get(k, 0.0 if k == "start_t" else None)
                            for k in ("cfg_scale", "cfg_interval_start", "start_t", "num_steps", "method")}
@@ -277,7 +278,7 @@ def _f(x, fmt="{:.3f}"):
     return "-" if x is None else fmt.format(x)
 
 
-COLUMNS = ["set", "real", "gen (÷real)", "tstr", "real_only", "tstr÷real_only", "aug (−real_only)", "precision",
+COLUMNS = ["set", "px", "real", "gen (÷real)", "tstr", "real_only", "tstr÷real_only", "aug (−real_only)", "precision",
            "recall", "memorised", "targets met", "each draw: gen÷real / tstr÷real_only", "cfg, start_t", "s1 s",
            "s2 s", "s3 s", "total s"]
 
@@ -289,7 +290,7 @@ def table_row(rec):
     m, d, t = rec["metrics"], rec["derived"], rec["times"]
     met = [k for k, ok in rec["targets"].items() if ok]
     return "| " + " | ".join([
-        rec["set"], _f(m.get("real_accuracy")),
+        rec["set"], str(rec.get("image_size", "-")), _f(m.get("real_accuracy")),
         f"{_f(m.get('generated_accuracy'))} ({_f(d['generated_over_real'], '{:.2f}')})",
         _f(m.get("tstr_accuracy")), _f(m.get("real_only_accuracy")), _f(d["tstr_over_real_only"], "{:.2f}"),
         f"{_f(m.get('augmented_accuracy'))} ({_f(d['augmented_minus_real_only'], '{:+.3f}')})",
@@ -307,7 +308,7 @@ def markdown(records, prov):
     title = (f"Quality benchmark, tag `{prov['tag']}`, commit {prov['commit']}{' (+uncommitted changes)' if prov['dirty'] else ''}, "
              f"{prov['date'][:10]}, {prov['machine']['cpu_count']} CPUs ({prov['machine']['processor']}), "
              f"config {prov['config']}{(' ' + prov['extra_stage2']) if prov['extra_stage2'] else ''}, "
-             f"{prov['image_size']} px, "
+             f"--image_size {prov['image_size']}, "
              f"{prov['num_per_class']} generated per class, means over {prov['draws']} draw(s)" + threads)
     return "\n".join([title, "", head] + [table_row(r) for r in records])
 
@@ -332,9 +333,9 @@ def main(argv=None):
     p.add_argument("--measured_root", default="/work/data/measured", help="folder of measured class-folder sets")
     p.add_argument("--work", default=os.path.join("bench", "out", "quality"), help="work dir (tag/set below it)")
     p.add_argument("--config", default=os.path.join("configs", "demo_cpu.yaml"), help="stage 2 --config")
-    p.add_argument("--image_size", type=int, default=128,
-                   help="stage 1 --image_size. 128, the sets' own size, keeps a set within 10 minutes on 2 cores; "
-                        "stage 1's default, 256, keeps more detail and takes about 2.5x as long (bench/RESULTS.md)")
+    p.add_argument("--image_size", default="auto",
+                   help="stage 1 --image_size: auto (stage 1's default; the size each set got is the table's px "
+                        "column), or N to force one size (bench/RESULTS.md, twelfth session)")
     p.add_argument("--extra_stage2", default="", help="extra stage 2 arguments, one string")
     p.add_argument("--extra_stage3", default="", help="extra stage 3 arguments, one string")
     p.add_argument("--num_per_class", type=int, default=None,

@@ -60,7 +60,7 @@ REPO_DIR = None
 REPO_URL = ""
 
 DATA_DIR = "/kaggle/input/my-spectrograms"   # your data set: one subfolder per class
-IMAGE_SIZE = 256                              # stage 1 --image_size (square, a multiple of 16)
+IMAGE_SIZE = "auto"   # stage 1 --image_size: auto (own size if the tokenizer keeps the classes there, else 256) or N
 # VA-VAE tokenizer. None: look for vavae-imagenet256-f16d32-dinov2.pt (and latents_stats.pt next to it) in
 # /kaggle/input, else download both (python pretrained/download.py; HF_ENDPOINT / HF_TOKEN for a mirror).
 VAVAE_PATH = None

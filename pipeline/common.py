@@ -180,6 +180,16 @@ def all_ranks_sum(tensor, device, world_size):
     return total.cpu()
 
 
+def from_rank0(obj, world_size):
+    """Rank 0's `obj` (any picklable value) on every rank: a decision taken once, shared by all."""
+    if world_size == 1:
+        return obj
+    import torch.distributed as dist
+    box = [obj]
+    dist.broadcast_object_list(box, src=0)
+    return box[0]
+
+
 def cleanup_distributed(world_size):
     if world_size > 1:
         import torch.distributed as dist

@@ -31,8 +31,8 @@ from pipeline.figure_trim import parse_trim
 from pipeline.generate import decode_latents
 from pipeline.latents import DATASET_FILE, dataset_image_paths, load_latents, read_record
 from pipeline.plot import eval_plot
-from pipeline.images import (IMAGE_EXTENSIONS, find_classes, load_for_tokenizer, make_grid, safe_name, save_image,
-                             split_indices)
+from pipeline.images import (IMAGE_EXTENSIONS, find_classes, load_for_tokenizer, make_grid, resize_image, safe_name,
+                             save_image, split_indices)
 from pipeline.preprocess import check_generated, decide_color, decide_value_range, scan_files
 
 EVAL_SIZE = (64, 64)
@@ -60,6 +60,16 @@ def _load(paths, prep, boxes=None):
         except Exception:  # noqa: BLE001 - skip unreadable files, like stage 1
             bad += 1
     return (torch.stack(out) if out else torch.zeros(0, 3, *EVAL_SIZE)), bad
+
+
+def read_back_view(images, gray):
+    """Decoded images (B, 3, H, W) in [-1, 1] -> (B, 3, 64, 64) in [0, 1] as this evaluation reads them once
+    stage 3 has written them: 8 bits, one grey level per pixel (the channel mean) for a grey or colour-mapped
+    set, resized like every image here (resize_image, bicubic)."""
+    x = ((images.float().clamp(-1, 1) + 1) * 127.5).round() / 255
+    if gray:
+        x = x.mean(dim=1, keepdim=True).expand(-1, 3, -1, -1)
+    return torch.stack([resize_image(v, EVAL_SIZE) for v in x]) if len(x) else torch.zeros(0, 3, *EVAL_SIZE)
 
 
 def _tree_preprocessing(paths, split, color, trim):

@@ -3,8 +3,9 @@ Stage 1 logic: image folders -> latent shards, channel statistics, stats recomme
 dataset manifest and a reconstruction report. `stage1_extract_features.py` is its command line.
 
 Before encoding, every file is scanned once (pipeline/preprocess.py) and the data set's preprocessing is
-decided: plot-area box per image, one value range, colour mode and colour map, and a hygiene report; each
-image is then cut, scaled, coloured and resized the same way (load_prepared).
+decided: plot-area box per image, one value range, colour mode and colour map, and a hygiene report; then the
+image size (--image_size auto: pipeline/size_choice.py measures it on the data); each image is then cut, scaled,
+coloured and resized the same way (load_prepared).
 
 Work is cut into shards of consecutive image indices; a shard is written atomically once complete,
 so an interrupted run resumes at the first missing shard. Under torchrun, rank r encodes the shards
@@ -24,13 +25,15 @@ from torch.utils.data import DataLoader, Dataset
 from tqdm import tqdm
 
 from models.vavae import load_vavae
-from pipeline.common import (UsageError, atomic_torch_save, file_sha256, autocast, barrier, cleanup_distributed, init_distributed,
-                             pick_device, pick_precision, write_json_atomic, write_text_atomic)
+from pipeline.common import (UsageError, atomic_torch_save, file_sha256, autocast, barrier, cleanup_distributed,
+                             from_rank0, init_distributed, pick_device, pick_precision, write_json_atomic,
+                             write_text_atomic)
 from pipeline.config import config_differences
 from pipeline.figure_trim import parse_trim
 from pipeline.images import load_for_tokenizer, split_indices, walk_classes
 from pipeline.plot import labelled_grid
 from pipeline.preprocess import decide_color, decide_value_range, display_names, hygiene_report, scan_files
+from pipeline.size_choice import choose_image_size, whole_size
 from pipeline.latents import (DATASET_FILE, EXTRACTION_FILE, list_shards, load_latents, read_record, read_shard_info,
                               shard_path, write_record, write_shard)
 from pipeline.stats import channel_stats, format_recommendation, load_stats, psnr, recommend, ssim
@@ -44,7 +47,7 @@ class ExtractSettings:
     vavae_path: str = "pretrained/vavae-imagenet256-f16d32-dinov2.pt"   # or "demo"
     imagenet_stats: Optional[str] = "pretrained/latents_stats.pt"
     output_dir: str = "latent_features"
-    image_size: str = "256"                        # "N" or "H,W", multiples of the tokenizer's 16
+    image_size: str = "auto"                       # auto (pipeline/size_choice.py) or N, a multiple of 16
     resize: str = "stretch"                        # stretch | center_crop | pad
     color: str = "auto"                            # auto | gray | rgb
     trim: str = "auto"                             # auto | none | "x0,y0,x1,y1"
@@ -102,7 +105,7 @@ def parse_image_size(text):
     try:
         parts = [int(p) for p in str(text).lower().split("x")]
     except ValueError:
-        raise UsageError(f"--image_size {text}: expected N or HxW, e.g. 256 or 128x256") from None
+        raise UsageError(f"--image_size {text}: expected auto or N, e.g. 256") from None
     if len(parts) == 1:
         parts *= 2
     if len(parts) != 2 or any(p <= 0 or p % 16 for p in parts):
@@ -133,7 +136,7 @@ def enlargement_warning(largest, size, downsample):
     the size: 4x the latent tokens (stage 2 about 4x slower, and harder for a small model)."""
     if largest is None:
         return None
-    smaller = max(2 * downsample, -(-largest // 16) * 16)
+    smaller = whole_size(largest, downsample)
     if largest * 1.5 > min(size) or smaller >= min(size):
         return None
     factor = (min(size) // smaller) ** 2
@@ -314,7 +317,7 @@ def _reconstruction_report(job, files, labels, split, names, size, tokenizer, de
 
 
 def finalize(job, files, labels, split, names, size, tokenizer, tok_info, device, dtype, timings, t_start, settings,
-             prep):
+             prep, size_choice):
     """Rank 0, after every shard exists: stats, recommendation, manifest, reconstruction report."""
     data = load_latents(job.output_dir)
     infos = [read_shard_info(p) for _, p in sorted(list_shards(job.output_dir).items())]
@@ -336,9 +339,9 @@ def finalize(job, files, labels, split, names, size, tokenizer, tok_info, device
     if prep["color_mode"] == "rgb" and str(job.vavae_path) == "demo":
         warnings.append("the demo tokenizer keeps no colour: an RGB set loses most of its content (see the "
                         "reconstruction PSNR); pass --color gray or use the released VA-VAE")
-    enlarged = enlargement_warning(max((max(s) for s in sizes.values()), default=None), size,
-                                   tokenizer.downsample_factor)
-    if enlarged:
+    largest = max((max(s) for s in sizes.values()), default=None)
+    enlarged = enlargement_warning(largest, size, tokenizer.downsample_factor)
+    if enlarged and size_choice["mode"] == "fixed":   # auto's choice was measured, and stage 1 reports it instead
         warnings.append(enlarged)
     for w in warnings:
         print(f"warning: {w}")
@@ -373,7 +376,7 @@ def finalize(job, files, labels, split, names, size, tokenizer, tok_info, device
         colormap=prep["colormap_record"], color_detection=prep["color_detection"], value_range=prep["value_range"],
         trim=dict(mode=job.trim, trimmed=sum(prep["trimmed"][i] for i in order), images=len(order)),
         trim_boxes=[list(prep["boxes"][i]) for i in order], hygiene=prep["hygiene"],
-        image_size=list(size), latent_shape=list(data["latents"].shape[1:]),
+        image_size=list(size), image_size_choice=size_choice, latent_shape=list(data["latents"].shape[1:]),
         posterior="sample" if job.sample_posterior else "mean",
         split=dict(val_fraction=job.val_fraction, seed=job.seed), tokenizer=tok_info,
         skipped=skipped, warnings=warnings, data_dir=settings["data_dir"],
@@ -419,13 +422,28 @@ def prepare_data(job, files, labels, split, names, skipped, digests=None):
                 hygiene=hygiene, warnings=warnings, names=shown, key=key)
 
 
+def decide_image_size(job, size, files, labels, names, prep, tokenizer, device, dtype, rank, world):
+    """(size (H, W), record for dataset.json): the --image_size given, or auto's choice (pipeline/size_choice.py),
+    measured on rank 0 and shared with the other ranks."""
+    if size is not None:
+        return size, dict(mode="fixed", chosen=size[0])
+    choice = None
+    if rank == 0:
+        largest = max((max(b[2] - b[0], b[3] - b[1]) for b in prep["boxes"] if b), default=None)
+        chosen, record = choose_image_size(lambda i, hw: load_prepared(files, i, hw, job.resize, prep)[0], labels,
+                                           len(names), largest, tokenizer, device, dtype,
+                                           prep["color_mode"] == "gray", job.seed)
+        choice = ((chosen, chosen), record)
+    return from_rank0(choice, world)
+
+
 def run(job):
     """Stage 1 end to end for `job` (ExtractSettings). Returns (manifest, recommendation report,
     reconstruction report) on rank 0, None on the other ranks."""
     t_start = time.time()
     rank, world, local_rank = init_distributed()
     try:
-        size = parse_image_size(job.image_size)
+        size = None if str(job.image_size).lower() == "auto" else parse_image_size(job.image_size)
         device = pick_device(job.device, local_rank)
         dtype = pick_precision(job.precision, device)
         classes, skipped = walk_classes(job.data_dir)
@@ -435,11 +453,14 @@ def run(job):
         split = split_indices(labels, job.val_fraction, job.seed)
         check_output_location(job.output_dir, job.data_dir)
         tokenizer = load_vavae(job.vavae_path, device=device, trust=job.trust_checkpoint)
-        check_token_count(size, tokenizer.downsample_factor, job.image_size)
+        if size is not None:
+            check_token_count(size, tokenizer.downsample_factor, job.image_size)
         tok_info = _tokenizer_info(job.vavae_path, tokenizer)
-        settings = _settings(job, files, size, tok_info)
         file_digests = [file_digest(p) for p in files]      # each file's bytes hashed once, used twice
         prep = prepare_data(job, files, labels, split, names, skipped, file_digests)
+        size, size_choice = decide_image_size(job, size, files, labels, names, prep, tokenizer, device, dtype,
+                                              rank, world)
+        settings = _settings(job, files, size, tok_info)
         # the set-wide decisions (value range, colour map) are part of every image's content: a shard encoded
         # under other decisions is re-encoded like one whose files changed
         digests = [d + prep["key"] for d in file_digests]
@@ -456,6 +477,6 @@ def run(job):
         if rank != 0:
             return None
         return finalize(job, files, labels, split, names, size, tokenizer, tok_info, device, dtype, timings, t_start,
-                        settings, prep)
+                        settings, prep, size_choice)
     finally:
         cleanup_distributed(world)

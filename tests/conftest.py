@@ -15,7 +15,8 @@ SLOW_FILES = {"test_faults.py", "test_stage3.py", "test_evaluate.py"}
 SLOW_TESTS = {"test_tiny_model_learns_class_means", "test_two_process_gloo_ddp", "test_non_finite_loss_stops_with_checkpoint",
               "test_sigterm_writes_a_checkpoint_and_stops", "test_time_budget_stops_cleanly",
               "test_two_ranks_encode_disjoint_shards_and_match_one_process", "test_bad_inputs_exit_2",
-              "test_bad_inputs_are_one_line_errors_with_exit_code_2"}
+              "test_bad_inputs_are_one_line_errors_with_exit_code_2",
+              "test_auto_keeps_the_images_own_size_only_where_the_tokenizer_keeps_the_classes"}
 
 
 def pytest_configure(config):

@@ -267,16 +267,18 @@ def test_bad_inputs_are_one_line_errors_with_exit_code_2(tmp_path, tokenizer_pat
 
 def test_two_ranks_encode_disjoint_shards_and_match_one_process(tmp_path, tokenizer_path):
     make_all_kinds(tmp_path / "data")
-    run_stage1(tmp_path / "data", tmp_path / "one", tokenizer_path, "--shard_size", "3")
+    # --image_size auto: rank 0 decides (here 256: the largest image is 1600 px) and the other rank follows it
+    run_stage1(tmp_path / "data", tmp_path / "one", tokenizer_path, "--shard_size", "3", "--image_size", "auto")
     cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2", f"--master_port={free_port()}",
            "stage1_extract_features.py", "--data_dir", str(tmp_path / "data"), "--vavae_path", str(tokenizer_path),
-           "--output_dir", str(tmp_path / "two"), "--image_size", "32", "--num_workers", "0", "--batch_size", "4",
+           "--output_dir", str(tmp_path / "two"), "--image_size", "auto", "--num_workers", "0", "--batch_size", "4",
            "--imagenet_stats", "none.pt", "--shard_size", "3"]
     r = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=300)
     assert r.returncode == 0, r.stderr[-1500:]
     ranks = {os.path.basename(p).split("_")[1] for p in list_shards(tmp_path / "two").values()}
     assert ranks == {"rank00", "rank01"}
     a, b = load_latents(tmp_path / "one"), load_latents(tmp_path / "two")
+    assert a["latents"].shape[-1] == 256 // 16
     torch.testing.assert_close(a["latents"], b["latents"])
     assert json.loads((tmp_path / "two" / "dataset.json").read_text())["files"] == \
         json.loads((tmp_path / "one" / "dataset.json").read_text())["files"]

@@ -1,0 +1,139 @@
+"""
+Stage 1's choice of the image size (`--image_size auto`, the default): the images' own size when the tokenizer
+keeps their class content there, otherwise the tokenizer's usual 256 px.
+
+The tokenizer keeps 32 values per 16x16 patch at any size, so enlarging small images keeps more of their detail,
+and stage 2 pays for it with 4x the latent tokens per doubling. Which way is better depends on the data (quality
+benchmark, bench/RESULTS.md, twelfth and thirteenth sessions; demo tokenizer, 128 px spectrograms):
+- on two measured sets the evaluation recognised the round trips of held-out images 0.66 / 0.72 of the time at
+  128 px and 0.86 / 0.87 at 256 px (the originals 0.87 / 0.89); stage 3's images trained a classifier to
+  0.80 / 0.83 of real-data accuracy at 128 px and 0.95 / 0.88 at 256 px;
+- on two smooth simulated sets the round trips lost nothing at 128 px, and at 256 px the same small model made
+  worse images (tstr 0.99 -> 0.74 of real-data accuracy; adding them to the real images no longer helped).
+So the choice is measured on the data: classifiers (pipeline.evaluate's) trained on part of the real images
+judge the tokenizer's round trips of the others at both sizes (FOLDS-fold, so that every probed image is judged),
+each seen the way the evaluation reads a generated image (read_back_view). The images' own size is kept unless
+its round trips are recognised more than LOSS_MARGIN less often than the 256 px ones. Measured with these
+settings (128 vs 256 px): the simulated sets lose 0.01 and 0.03, the measured ones 0.12 and 0.15. Four sets
+are few, and the differences are noisy: single 30 % splits gave values up to 0.09 away from these, which is why
+every image is judged. The way of seeing matters too: with the class check's bilinear view
+(pipeline/class_check.py) one measured set's difference fell to 0.04.
+"""
+
+import torch
+
+from pipeline.common import autocast
+from pipeline.evaluate import EVAL_SIZE, predict, read_back_view
+
+DEFAULT_SIZE = 256                  # the released VA-VAE's training size
+LOSS_MARGIN = 0.08                  # accuracy the smaller size may lose before the larger one is chosen
+FOLDS = 3                           # every probed image is judged once, by classifiers trained on the other folds
+PROBE_PER_CLASS = 150               # images per class probed at most (bounds the cost on large sets)
+PROBE_SEEDS = (200, 201)            # classifier seeds per fold (not the evaluation's nor the class check's)
+
+
+def whole_size(largest, downsample):
+    """The smallest square --image_size that keeps images of longest side `largest` px whole: a multiple of
+    16 with at least 2x2 latents."""
+    return max(2 * downsample, -(-largest // 16) * 16)
+
+
+def size_candidates(largest, downsample, default=DEFAULT_SIZE):
+    """Sizes worth comparing: [default] alone unless every image (longest side `largest`, None when unknown)
+    would be enlarged to at least 1.5x, then [whole_size, default]."""
+    if largest is None or largest * 1.5 > default or whole_size(largest, downsample) >= default:
+        return [default]
+    return [whole_size(largest, downsample), default]
+
+
+def pick_size(accuracies, margin=LOSS_MARGIN):
+    """{size: round-trip accuracy} of two sizes -> the smaller one unless it loses more than `margin`."""
+    small, large = sorted(accuracies)
+    return small if accuracies[small] >= accuracies[large] - margin else large
+
+
+def probe_folds(labels, seed):
+    """Fold (0..FOLDS-1) of every image, -1 for one left out: per class, up to PROBE_PER_CLASS images in a
+    seeded order are dealt round the folds."""
+    gen = torch.Generator().manual_seed(seed)
+    labels = torch.as_tensor(labels)
+    folds = torch.full((len(labels),), -1, dtype=torch.long)
+    for c in labels.unique().tolist():
+        idx = torch.nonzero(labels == c).flatten()
+        idx = idx[torch.randperm(len(idx), generator=gen)][:PROBE_PER_CLASS]
+        folds[idx] = torch.arange(len(idx)) % FOLDS
+    return folds
+
+
+@torch.no_grad()
+def round_trip_views(load, indices, size, tokenizer, device, dtype, gray, chunk=16):
+    """The tokenizer's round trips of images `indices` at `size`, as the evaluation reads them: (N, 3, 64, 64).
+    load(i, (H, W)) -> (3, H, W) in [-1, 1]."""
+    views = []
+    for start in range(0, len(indices), chunk):
+        x = torch.stack([load(i, (size, size)) for i in indices[start:start + chunk]]).to(device)
+        with autocast(device, dtype):
+            rec = tokenizer.decode(tokenizer.encode(x).mean)
+        views.append(read_back_view(rec.float().cpu(), gray))
+    return torch.cat(views)
+
+
+def measure_sizes(load, labels, num_classes, sizes, tokenizer, device, dtype, gray, seed=0):
+    """How often classifiers trained on real images recognise other real images ('real') and their round trips
+    at each size: FOLDS-fold, every probed image judged once per seed in PROBE_SEEDS, accuracies averaged over
+    the seeds. Returns (dict, number of images judged), or (None, count) when a class has fewer than FOLDS
+    readable images. load(i, (H, W)) -> image i as (3, H, W) in [-1, 1]; labels: a class index per image."""
+    from pipeline.class_check import fit_class_check   # class_check imports evaluate, like this module
+    folds = probe_folds(labels, seed)
+    views = {}
+    for i in torch.nonzero(folds >= 0).flatten().tolist():
+        try:
+            views[i] = (load(i, EVAL_SIZE) + 1) / 2
+        except Exception:  # noqa: BLE001 - an unreadable file is left out here as it is skipped at encoding
+            folds[i] = -1
+    judged = sorted(views)                                       # the probed images, in file order
+    y = torch.tensor([labels[i] for i in judged], dtype=torch.long)
+    if num_classes < 2 or min(int((y == c).sum()) for c in range(num_classes)) < FOLDS:
+        return None, len(judged)
+    real, fold = torch.stack([views[i] for i in judged]), folds[judged]
+    seen = {"real": real}
+    for s in sizes:
+        seen[s] = round_trip_views(load, judged, s, tokenizer, device, dtype, gray)
+    correct = {k: 0 for k in seen}
+    for f in range(FOLDS):
+        fit, test = fold != f, fold == f
+        for clf in fit_class_check(real[fit], y[fit], num_classes, device, PROBE_SEEDS):
+            for k, v in seen.items():
+                correct[k] += int((predict(clf, v[test])[0] == y[test]).sum())
+    return {k: c / (len(judged) * len(PROBE_SEEDS)) for k, c in correct.items()}, len(judged)
+
+
+def choose_image_size(load, labels, num_classes, largest, tokenizer, device, dtype, gray, seed=0):
+    """--image_size auto: (size, record for dataset.json). `largest`: the longest image side in px."""
+    sizes = size_candidates(largest, tokenizer.downsample_factor)
+    record = dict(mode="auto", candidates=sizes, margin=LOSS_MARGIN)
+    if len(sizes) == 1:
+        return sizes[0], dict(record, chosen=sizes[0], reason="images not smaller than 2/3 of it")
+    result, judged = measure_sizes(load, labels, num_classes, sizes, tokenizer, device, dtype, gray, seed)
+    record["images_judged"] = judged
+    if result is None:
+        return sizes[-1], dict(record, chosen=sizes[-1], reason=f"fewer than {FOLDS} images in a class (or one "
+                               f"class): too few to compare sizes, so the tokenizer's usual size")
+    chosen = pick_size({s: result[s] for s in sizes})
+    record.update(real_accuracy=result["real"], round_trip_accuracy={str(s): result[s] for s in sizes},
+                  chosen=chosen)
+    small, large = sizes
+    loss = result[large] - result[small]
+    record["reason"] = (f"round trips of held-out images recognised {result[small]:.2f} at {small} px and "
+                        f"{result[large]:.2f} at {large} px (the images themselves {result['real']:.2f}): "
+                        + (f"{small} px keeps the class content within {LOSS_MARGIN}" if chosen == small else
+                           f"{small} px loses {loss:.2f}, more than {LOSS_MARGIN}"))
+    return chosen, record
+
+
+def describe(record):
+    """One line for stage 1's report."""
+    size = record["chosen"]
+    if record["mode"] != "auto":
+        return f"image size {size}x{size} (--image_size)"
+    return f"image size {size}x{size} (--image_size auto: {record['reason']})"
