@@ -23,6 +23,7 @@ sits between the two groups. The way of seeing matters too: with the class check
 
 import torch
 
+from pipeline.class_check import fit_class_check
 from pipeline.common import autocast
 from pipeline.evaluate import EVAL_SIZE, predict, read_back_view
 
@@ -84,7 +85,6 @@ def measure_sizes(load, labels, num_classes, sizes, tokenizer, device, dtype, gr
     at each size: FOLDS-fold, every probed image judged once per seed in PROBE_SEEDS, accuracies averaged over
     the seeds. Returns (dict, number of images judged), or (None, count) when a class has fewer than FOLDS
     readable images. load(i, (H, W)) -> image i as (3, H, W) in [-1, 1]; labels: a class index per image."""
-    from pipeline.class_check import fit_class_check   # class_check imports evaluate, like this module
     folds = probe_folds(labels, seed)
     views = {}
     for i in torch.nonzero(folds >= 0).flatten().tolist():
@@ -114,7 +114,8 @@ def choose_image_size(load, labels, num_classes, largest, tokenizer, device, dty
     sizes = size_candidates(largest, tokenizer.downsample_factor)
     record = dict(mode="auto", candidates=sizes, margin=LOSS_MARGIN)
     if len(sizes) == 1:
-        return sizes[0], dict(record, chosen=sizes[0], reason="images not smaller than 2/3 of it")
+        why = "no readable image" if largest is None else f"the longest image side, {largest} px, is over 2/3 of it"
+        return sizes[0], dict(record, chosen=sizes[0], reason=f"{why}: no smaller size to compare")
     result, judged = measure_sizes(load, labels, num_classes, sizes, tokenizer, device, dtype, gray, seed)
     record["images_judged"] = judged
     if result is None:
@@ -125,8 +126,9 @@ def choose_image_size(load, labels, num_classes, largest, tokenizer, device, dty
                   chosen=chosen)
     small, large = sizes
     loss = result[large] - result[small]
-    record["reason"] = (f"round trips of held-out images recognised {result[small]:.3f} at {small} px and "
-                        f"{result[large]:.3f} at {large} px (the images themselves {result['real']:.3f}): "
+    record["reason"] = (f"classifiers trained on other real images recognised the tokenizer's round trips "
+                        f"{result[small]:.3f} at {small} px and {result[large]:.3f} at {large} px (the images "
+                        f"themselves {result['real']:.3f}): "
                         + (f"{small} px keeps the class content within {LOSS_MARGIN}" if chosen == small else
                            f"{small} px loses {loss:.3f}, more than {LOSS_MARGIN}"))
     return chosen, record

@@ -91,7 +91,7 @@ def test_auto_keeps_the_images_own_size_only_where_the_tokenizer_keeps_the_class
         assert acc["256"] - acc["32"] > 0.3, choice
     else:
         assert abs(acc["256"] - acc["32"]) <= LOSS_MARGIN and choice["real_accuracy"] > 0.9, choice
-    assert f"image size {expected}x{expected} (--image_size auto: round trips" in capsys.readouterr().out
+    assert f"image size {expected}x{expected} (--image_size auto: classifiers trained" in capsys.readouterr().out
     assert not any("enlarged" in w for w in info["warnings"])      # the measured choice replaces the warning
     stage1.main(argv)                                               # measured again, the same: a resume
     assert "resuming: 1 complete shard(s)" in capsys.readouterr().out
@@ -113,3 +113,4 @@ def test_too_few_readable_images_keep_the_usual_size():
     assert f"fewer than {FOLDS} images in a class" in record["reason"]
     size, record = choose_image_size(load, labels, 2, 200, tokenizer, "cpu", torch.float32, True)
     assert size == 256 and record["candidates"] == [256] and "images_judged" not in record
+    assert record["reason"] == "the longest image side, 200 px, is over 2/3 of it: no smaller size to compare"
