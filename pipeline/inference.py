@@ -30,8 +30,8 @@ from pipeline.checkpoint import (latents_fingerprint, latest_checkpoint, read_ch
 from pipeline.common import (UsageError, all_ranks_sum, atomic_path, barrier, cleanup_distributed, init_distributed,
                              is_temp_file, pick_device, pick_precision, read_json, write_json_atomic)
 from pipeline.config import config_differences
-from pipeline.class_check import MAX_CLASS_DRAWS, classifier_view, fit_class_check, recognised, spread_subset
-from pipeline.evaluate import check_heldout
+from pipeline.class_check import MAX_CLASS_DRAWS, fit_class_check, recognised, spread_subset
+from pipeline.evaluate import check_heldout, read_back_view
 from pipeline.copies import REDRAW_RATIO, copy_ratios_against
 from pipeline.generate import decode_latents, denormalise, image_seed, normalise, sample_jobs
 from pipeline.images import load_for_tokenizer, save_image, unique_folder_names
@@ -300,7 +300,7 @@ def _generate(job, rank, world, local_rank):
     checkers = None
     if check:
         subsets = [spread_subset(x) for x in train]
-        views = torch.cat([classifier_view(decode(x)[1], gray) for x in subsets])
+        views = torch.cat([read_back_view(decode(x)[1], gray) for x in subsets])
         checkers = fit_class_check(views, torch.cat([torch.full((len(x),), c) for c, x in enumerate(subsets)]),
                                    len(classes), device)
 
@@ -316,7 +316,7 @@ def _generate(job, rank, world, local_rank):
         z, images = decode(z)
         drawn = torch.zeros(len(batch), dtype=torch.bool)
         for draw in range(1, MAX_CLASS_DRAWS + 2) if checkers else ():   # draw again what the check does not recognise
-            todo = (~recognised(checkers, classifier_view(images, gray), labels)).nonzero().flatten()
+            todo = (~recognised(checkers, read_back_view(images, gray), labels)).nonzero().flatten()
             if len(todo) == 0 or draw > MAX_CLASS_DRAWS:
                 unrecognised += torch.bincount(labels[todo], minlength=len(classes))
                 break

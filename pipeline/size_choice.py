@@ -17,8 +17,8 @@ its round trips are recognised more than LOSS_MARGIN less often than the 256 px 
 settings, 128 vs 256 px, stage 1 --seed 0 to 3 (the folds and the classifiers follow it): the simulated sets
 lose -0.01 to 0.03, the measured ones 0.08 to 0.16 (bench/RESULTS.md, thirteenth session). Four sets are few,
 and the differences are noisy (single 30 % splits instead of the folds moved them by up to 0.09), so the margin
-sits between the two groups. The way of seeing matters too: with the class check's bilinear view
-(pipeline/class_check.py) one measured set's difference fell to 0.04.
+sits between the two groups. The way of seeing matters too: through a bilinear 64 px resize instead of the
+evaluation's bicubic one, one measured set's difference fell to 0.04.
 """
 
 import torch

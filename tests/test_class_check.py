@@ -2,7 +2,8 @@
 
 import torch
 
-from pipeline.class_check import CHECK_SEEDS, classifier_view, fit_class_check, recognised, spread_subset
+from pipeline.class_check import CHECK_SEEDS, fit_class_check, recognised, spread_subset
+from pipeline.evaluate import read_back_view
 
 
 def _bands(n, row, seed):
@@ -13,23 +14,23 @@ def _bands(n, row, seed):
     return x.clamp(-1, 1)
 
 
-def test_classifier_view_is_the_written_image_at_64_px():
+def test_read_back_view_is_the_written_image_at_64_px():
     x = torch.randint(0, 256, (2, 3, 32, 48)) / 127.5 - 1   # on the 8-bit grid
     x[0, 1] = 1.0                                   # a colour the grey image cannot keep
-    rgb, gray = classifier_view(x, gray=False), classifier_view(x, gray=True)
+    rgb, gray = read_back_view(x, gray=False), read_back_view(x, gray=True)
     assert rgb.shape == gray.shape == (2, 3, 64, 64)
     assert 0 <= float(rgb.min()) and float(rgb.max()) <= 1
     assert torch.equal(gray[:, 0], gray[:, 2]) and not torch.equal(rgb[:, 0], rgb[:, 1])
     # 8 bits, like the PNG stage 3 writes: a change below half a grey level is not seen
-    assert torch.equal(classifier_view(x + 0.001, gray=True)[1], gray[1])
+    assert torch.equal(read_back_view(x + 0.001, gray=True)[1], gray[1])
 
 
 def test_majority_of_the_classifiers_recognises_the_own_class_and_flags_the_other():
     train = torch.cat([_bands(24, 4, 0), _bands(24, 20, 1)])
     labels = torch.tensor([0] * 24 + [1] * 24)
-    checkers = fit_class_check(classifier_view(train, gray=True), labels, 2)
+    checkers = fit_class_check(read_back_view(train, gray=True), labels, 2)
     assert len(checkers) == len(CHECK_SEEDS)
-    test = classifier_view(torch.cat([_bands(8, 4, 2), _bands(8, 20, 3)]), gray=True)
+    test = read_back_view(torch.cat([_bands(8, 4, 2), _bands(8, 20, 3)]), gray=True)
     truth = torch.tensor([0] * 8 + [1] * 8)
     assert recognised(checkers, test, truth).all()
     assert not recognised(checkers, test, 1 - truth).any()   # labelled as the other class: drawn again
