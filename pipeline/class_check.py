@@ -10,9 +10,10 @@ that the classifiers judge class content and not the decoder's texture. While mo
 another class it is drawn again from the same training image with new seeds (pipeline.generate.redraw_seed's `draw`),
 at most MAX_CLASS_DRAWS times; an image never recognised keeps its last draw (samples.json counts both).
 Every image is seen the way the evaluation reads a written one (pipeline.evaluate.read_back_view: 8 bits, the
-data's colour mode, 64 px), and the classifiers are trained once per run with fixed seeds and deterministic kernels, so image k still depends
-only on (seed, class, k) and the settings (as with the copy check, a vote exactly on the edge could follow a
-last-bit difference of the decoder between batch sizes; the tests compare batch sizes 1 and 7 with redraws).
+data's colour mode, 64 px), and the classifiers are trained once per run with fixed seeds and deterministic
+kernels, so image k still depends only on (seed, class, k) and the settings (as with the copy check, a vote
+exactly on the edge could follow a last-bit difference of the decoder between batch sizes; the tests compare
+batch sizes 1 and 7 with redraws).
 
 Measured on the quality benchmark (bench/RESULTS.md, eleventh session): the generated and the augmented
 accuracy rise (on a simulated set by 0.06 and 0.03); tstr moves by less than one draw's noise. Seeing the images
