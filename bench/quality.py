@@ -208,10 +208,10 @@ def run_set(name, args):
         counts = class_counts(data)
         rec["classes"] = counts
         rec["val_fraction"] = vf = heldout_fraction(counts)
-        s1, s2, s3 = stage_commands(args, data, d, vf)
-        rec["commands"] = [" ".join(shlex.quote(c) for c in cmd[1:]) for cmd in (s1, s2, s3)]
+        s1, s2, _ = stage_commands(args, data, d, vf)
         stage3_draws = [(f"stage3 draw {i}" if i else "stage3", stage_commands(args, data, d, vf, i)[2])
                         for i in range(args.draws)]
+        rec["commands"] = [" ".join(shlex.quote(c) for c in cmd[1:]) for cmd in (s1, s2, stage3_draws[0][1])]
         for label, cmd in (("stage1", s1), ("stage2", s2), *stage3_draws):
             print(f"  [{name}] {label} ...", flush=True)
             rec["times"][label] = run_stage(label, cmd, os.path.join(d, f"{label.replace(' ', '_')}.log"), env)
