@@ -341,7 +341,7 @@ def finalize(job, files, labels, split, names, size, tokenizer, tok_info, device
                         "reconstruction PSNR); pass --color gray or use the released VA-VAE")
     largest = max((max(s) for s in sizes.values()), default=None)
     enlarged = enlargement_warning(largest, size, tokenizer.downsample_factor)
-    if enlarged and size_choice["mode"] == "fixed":   # auto's choice was measured, and stage 1 reports it instead
+    if enlarged and not size_choice.get("measured"):   # a measured choice is reported instead
         warnings.append(enlarged)
     for w in warnings:
         print(f"warning: {w}")
@@ -422,14 +422,25 @@ def prepare_data(job, files, labels, split, names, skipped, digests=None):
                 hygiene=hygiene, warnings=warnings, names=shown, key=key)
 
 
-def decide_image_size(job, size, files, labels, names, prep, tokenizer, device, dtype, rank, world):
+def decide_image_size(job, size, files, labels, names, prep, tokenizer, tok_info, device, dtype, rank, world):
     """(size (H, W), record for dataset.json): the --image_size given, or auto's choice (pipeline/size_choice.py),
-    measured on rank 0 and shared with the other ranks."""
+    measured on rank 0 and shared with the other ranks. An output dir that holds latents of an earlier auto run
+    of the same settings keeps their size (a resume, also after unreadable files were repaired, must not be
+    refused because a new measurement came out otherwise); --overwrite measures again."""
     if size is not None:
         return size, dict(mode="fixed", chosen=size[0])
+    record = read_record(job.output_dir, EXTRACTION_FILE, "--output_dir") if os.path.isdir(job.output_dir) else None
+    if record is not None and not job.overwrite:
+        earlier = tuple(record["settings"].get("image_size", ()))
+        if len(earlier) == 2 and record["settings"] == _settings(job, files, earlier, tok_info):
+            return earlier, dict(mode="auto", chosen=earlier[0], measured=False,
+                                 reason=f"kept from the latents already in {job.output_dir} (--overwrite measures "
+                                        f"again)")
     choice = None
     if rank == 0:
-        largest = max((max(b[2] - b[0], b[3] - b[1]) for b in prep["boxes"] if b), default=None)
+        # the side of the area that is resized: the long one, or the short one that a centre crop keeps
+        side = min if job.resize == "center_crop" else max
+        largest = max((side(b[2] - b[0], b[3] - b[1]) for b in prep["boxes"] if b), default=None)
         chosen, record = choose_image_size(lambda i, hw: load_prepared(files, i, hw, job.resize, prep)[0], labels,
                                            len(names), largest, tokenizer, device, dtype,
                                            prep["color_mode"] == "gray", job.seed)
@@ -458,8 +469,8 @@ def run(job):
         tok_info = _tokenizer_info(job.vavae_path, tokenizer)
         file_digests = [file_digest(p) for p in files]      # each file's bytes hashed once, used twice
         prep = prepare_data(job, files, labels, split, names, skipped, file_digests)
-        size, size_choice = decide_image_size(job, size, files, labels, names, prep, tokenizer, device, dtype,
-                                              rank, world)
+        size, size_choice = decide_image_size(job, size, files, labels, names, prep, tokenizer, tok_info, device,
+                                              dtype, rank, world)
         settings = _settings(job, files, size, tok_info)
         # the set-wide decisions (value range, colour map) are part of every image's content: a shard encoded
         # under other decisions is re-encoded like one whose files changed

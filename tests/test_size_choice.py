@@ -12,14 +12,15 @@ from PIL import Image
 import stage1_extract_features as stage1
 from pipeline.evaluate import EVAL_SIZE, _load, read_back_view
 from pipeline.images import save_image
-from pipeline.size_choice import (FOLDS, LOSS_MARGIN, PROBE_PER_CLASS, pick_size, probe_folds, size_candidates,
-                                  whole_size)
+from pipeline.size_choice import (FOLDS, LOSS_MARGIN, MIN_PER_CLASS, PROBE_PER_CLASS, pick_size, probe_folds,
+                                  size_candidates, whole_size)
 
 
 def test_candidates_only_when_every_image_would_be_enlarged_1_5x():
     assert whole_size(128, 16) == 128 and whole_size(120, 16) == 128 and whole_size(10, 16) == 32
+    assert whole_size(100, 16) == 128 and whole_size(48, 16) == 64   # even latents: patch-2 models can cut them
     assert size_candidates(128, 16) == [128, 256]
-    assert size_candidates(170, 16) == [176, 256]
+    assert size_candidates(170, 16) == [192, 256]
     assert size_candidates(171, 16) == [256]          # 1.5 x 171 > 256: hardly enlarged, nothing to choose
     assert size_candidates(600, 16) == [256]
     assert size_candidates(None, 16) == [256]         # no readable image
@@ -93,24 +94,36 @@ def test_auto_keeps_the_images_own_size_only_where_the_tokenizer_keeps_the_class
         assert abs(acc["256"] - acc["32"]) <= LOSS_MARGIN and choice["real_accuracy"] > 0.9, choice
     assert f"image size {expected}x{expected} (--image_size auto: classifiers trained" in capsys.readouterr().out
     assert not any("enlarged" in w for w in info["warnings"])      # the measured choice replaces the warning
-    stage1.main(argv)                                               # measured again, the same: a resume
-    assert "resuming: 1 complete shard(s)" in capsys.readouterr().out
+    stage1.main(argv)                                   # a resume keeps the size of the latents already there
+    out = capsys.readouterr().out
+    assert "resuming: 1 complete shard(s)" in out and "kept from the latents already in" in out
 
 
 def test_too_few_readable_images_keep_the_usual_size():
     from models.vavae import load_vavae
     from pipeline.size_choice import choose_image_size
     tokenizer = load_vavae("demo")
-    labels = [0] * 5 + [1] * 4
+    labels = [0] * MIN_PER_CLASS + [1] * MIN_PER_CLASS
 
     def load(i, hw):
-        if i in (6, 7):                       # class 1 keeps 2 readable images, fewer than FOLDS
+        if i == len(labels) - 1:              # class 1 keeps MIN_PER_CLASS - 1 readable images
             raise OSError("truncated file")
         return torch.zeros(3, *hw)
 
     size, record = choose_image_size(load, labels, 2, 64, tokenizer, "cpu", torch.float32, True)
-    assert size == 256 and record["chosen"] == 256 and record["images_judged"] == 7
-    assert f"fewer than {FOLDS} images in a class" in record["reason"]
+    assert size == 256 and record["chosen"] == 256 and record["images_judged"] == 2 * MIN_PER_CLASS - 1
+    assert f"a class has fewer than {MIN_PER_CLASS} readable images" in record["reason"]
+    assert record["measured"] is False and "16x fewer latent tokens" in record["reason"]
     size, record = choose_image_size(load, labels, 2, 200, tokenizer, "cpu", torch.float32, True)
     assert size == 256 and record["candidates"] == [256] and "images_judged" not in record
-    assert record["reason"] == "the longest image side, 200 px, is over 2/3 of it: no smaller size to compare"
+    assert record["reason"] == "the largest image is 200 px, over 2/3 of 256: no smaller size to compare"
+
+
+def test_too_few_images_to_measure_take_256_px_and_say_so(tmp_path, capsys):
+    _stripes(tmp_path / "data", "coarse", n=6)
+    stage1.main(["--data_dir", str(tmp_path / "data"), "--vavae_path", "demo", "--output_dir", str(tmp_path / "out"),
+                 "--num_workers", "0", "--recon_images", "0", "--imagenet_stats", "none.pt"])
+    info = json.loads((tmp_path / "out" / "dataset.json").read_text())
+    assert info["image_size"] == [256, 256] and info["image_size_choice"]["measured"] is False
+    assert any("enlarged to 256x256" in w for w in info["warnings"])     # nothing was measured: the warning stays
+    assert f"a class has fewer than {MIN_PER_CLASS} readable images" in capsys.readouterr().out
