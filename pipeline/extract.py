@@ -198,8 +198,9 @@ def _prepare_output_dir(out, settings, overwrite, digests, shard_size):
     if (existing is not None or shards) and not overwrite:
         if existing is None:
             raise UsageError(f"--output_dir {out}: holds latent shards of an unknown run; pass --overwrite to replace them")
-        diff = config_differences(existing, settings, ignore=())
-        raise UsageError(f"--output_dir {out}: holds latents made with other settings ({', '.join(diff)}); "
+        diff = [k if k in ("files_sha1", "tokenizer_bytes") else f"{k} {existing.get(k)} there, {settings.get(k)} now"
+                for k in config_differences(existing, settings, ignore=())]
+        raise UsageError(f"--output_dir {out}: holds latents made with other settings ({'; '.join(diff)}); "
                          f"pass --overwrite to replace them or choose another --output_dir")
     for path in shards.values():
         os.unlink(path)

@@ -192,7 +192,7 @@ def test_resume_after_interruption_and_settings_guard(tmp_path, tokenizer_path):
     assert info2["files"] == info["files"]
     resumed = load_latents(tmp_path / "out")
     assert torch.equal(resumed["latents"], reference["latents"])
-    with pytest.raises(UsageError, match="other settings.*resize"):
+    with pytest.raises(UsageError, match=r"other settings \(resize stretch there, pad now\)"):
         run_stage1(tmp_path / "data", tmp_path / "out", tokenizer_path, "--shard_size", "4", "--resize", "pad")
     run_stage1(tmp_path / "data", tmp_path / "out", tokenizer_path, "--shard_size", "4", "--resize", "pad", "--overwrite")
 
