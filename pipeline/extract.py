@@ -127,8 +127,8 @@ def check_token_count(size, downsample, text):
 
 def enlargement_warning(largest, size, downsample):
     """A warning (or None) when every image (longest side `largest` px) is enlarged to at least 1.5x in
-    `size` (H, W): it names the smallest --image_size that keeps them whole (a multiple of 16, with the
-    2x2 latents check_token_count asks for) and the trade-off. The tokenizer keeps 32 values per 16x16 patch at
+    `size` (H, W): it names the smallest --image_size that keeps them whole (size_choice.whole_size: a multiple
+    of 32, so that the latents have an even side) and the trade-off. The tokenizer keeps 32 values per 16x16 patch at
     any size, so an enlarged image keeps more of its detail: on a measured set of 128 px spectrograms a
     real-data classifier recognised the demo tokenizer's round trips 0.86 of the time at 256 px and 0.66 at
     128 px (the originals 0.87), and stage 3's images were better at 256 px; on smooth simulated ones, kept
@@ -430,10 +430,10 @@ def decide_image_size(job, size, files, labels, names, prep, tokenizer, tok_info
     refused because a new measurement came out otherwise); --overwrite measures again."""
     if size is not None:
         return size, dict(mode="fixed", chosen=size[0])
-    record = read_record(job.output_dir, EXTRACTION_FILE, "--output_dir") if os.path.isdir(job.output_dir) else None
-    if record is not None and not job.overwrite:
-        earlier = tuple(record["settings"].get("image_size", ()))
-        if len(earlier) == 2 and record["settings"] == _settings(job, files, earlier, tok_info):
+    existing = read_record(job.output_dir, EXTRACTION_FILE, "--output_dir") if os.path.isdir(job.output_dir) else None
+    if existing is not None and not job.overwrite:
+        earlier = tuple(existing["settings"].get("image_size", ()))
+        if len(earlier) == 2 and existing["settings"] == _settings(job, files, earlier, tok_info):
             return earlier, dict(mode="auto", chosen=earlier[0], measured=False,
                                  reason=f"kept from the latents already in {job.output_dir} (--overwrite measures "
                                         f"again)")

@@ -117,7 +117,8 @@ def measure_sizes(load, labels, num_classes, sizes, tokenizer, device, dtype, gr
 
 
 def choose_image_size(load, labels, num_classes, largest, tokenizer, device, dtype, gray, seed=0):
-    """--image_size auto: (size, record for dataset.json). `largest`: the longest image side in px."""
+    """--image_size auto: (size, record for dataset.json). `largest`: the largest side that is resized, in px
+    (the long side; with --resize center_crop the short one, which the crop keeps)."""
     sizes = size_candidates(largest, tokenizer.downsample_factor)
     record = dict(mode="auto", candidates=sizes, margin=LOSS_MARGIN)
     if len(sizes) == 1:
