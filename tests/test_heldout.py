@@ -62,16 +62,17 @@ def test_tune_sampling_picks_the_weakest_guidance_that_is_recognised_nearly_as_o
     assert spiky["cfg_scale"] == 6.0     # only the strongest setting is recognised: it is chosen
 
 
-def test_choose_start_takes_the_largest_start_before_copies_appear():
+def test_choose_start_walks_down_to_the_largest_start_within_the_limit():
     asked = []
 
-    def copies(start):   # too many copies to redraw from 0.3 on; 0.4 would be under the limit but is never reached
+    def copies(start):   # the share of copies rises with the start: too many to redraw from 0.3 on
         asked.append(start)
-        return {0.25: 0.1, 0.3: 0.3, 0.35: 0.5}.get(start, 0.0)
+        return {0.25: 0.1, 0.3: 0.3, 0.35: 0.5, 0.4: 0.7}.get(start, 0.0)
 
     start, tried = choose_start(copies)
-    assert start == 0.25 and [s for s, _ in tried] == asked == [0.1, 0.15, 0.2, 0.25, 0.3]
-    assert choose_start(lambda s: 0.0)[0] == max(START_GRID)
+    assert start == 0.25 and [s for s, _ in tried] == asked == [0.4, 0.35, 0.3, 0.25]
+    start, tried = choose_start(lambda s: 0.0)
+    assert start == max(START_GRID) and len(tried) == 1                  # the usual case: one start sampled
     assert choose_start(lambda s: 0.3)[0] == 0.0             # even the first start has too many: pure noise
     assert choose_start(lambda s: 0.25)[0] == max(START_GRID)              # stage 3 may redraw 25 % by default
     assert choose_start(lambda s: 0.006, limit=0.0)[0] == 0.0              # a limit of none allows none
