@@ -33,10 +33,10 @@ def parse_args(argv=None):
     p.add_argument("--imagenet_stats", help="ImageNet latents_stats.pt to compare with")
     p.add_argument("--output_dir")
     p.add_argument("--image_size",
-                   help="auto: when every image would be enlarged 1.5x or more to 256, their own size (rounded up "
-                        "to a multiple of 32) unless the tokenizer's round trips there are recognised more than 0.05 "
-                        "less often than at 256 by classifiers trained on the data (needs 15+ images per class; "
-                        "20-60 s); otherwise 256. Or N, a multiple of 16 (stage 2 trains square latents)")
+                   help="auto: when every image would be enlarged 1.5x or more to 256, the smallest of their own size "
+                        "(rounded up to a multiple of 32), 192 and 256 whose tokenizer round trips are recognised at "
+                        "most 0.05 less often than at 256 by classifiers trained on the data (needs 15+ images per "
+                        "class; 20-60 s); otherwise 256. Or N, a multiple of 16 (stage 2 trains square latents)")
     p.add_argument("--resize", choices=["stretch", "center_crop", "pad"],
                    help="stretch (default) keeps the whole spectrogram; cropping can cut Doppler extremes")
     p.add_argument("--color", choices=["auto", "gray", "rgb"],

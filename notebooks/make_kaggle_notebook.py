@@ -60,7 +60,7 @@ REPO_DIR = None
 REPO_URL = ""
 
 DATA_DIR = "/kaggle/input/my-spectrograms"   # your data set: one subfolder per class
-IMAGE_SIZE = "auto"   # stage 1 --image_size: auto (own size if the tokenizer keeps the classes there, else 256) or N
+IMAGE_SIZE = "auto"   # stage 1 --image_size: auto (the smallest of own size, 192, 256 that keeps the classes) or N
 # VA-VAE tokenizer. None: look for vavae-imagenet256-f16d32-dinov2.pt (and latents_stats.pt next to it) in
 # /kaggle/input, else download both (python pretrained/download.py; HF_ENDPOINT / HF_TOKEN for a mirror).
 VAVAE_PATH = None

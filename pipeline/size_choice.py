@@ -7,8 +7,8 @@ and stage 2 pays for it with 4x the latent tokens per doubling. Which way is bet
 benchmark, bench/RESULTS.md, twelfth to fourteenth sessions; demo tokenizer, 128 px spectrograms):
 - on two measured sets the evaluation recognised the round trips of held-out images 0.66 / 0.72 of the time at
   128 px and 0.86 / 0.87 at 256 px (the originals 0.87 / 0.89); stage 3's images trained a classifier to
-  0.80 / 0.83 of real-data accuracy at 128 px, 0.83 / 0.88 at 192 px and 0.95 / 0.88 at 256 px, where a set
-  took 10 minutes at 192 px and 18-22 at 256 px on 2 CPU cores (Tiny/2: 36 latent tokens against 64);
+  0.80 / 0.83 of real-data accuracy at 128 px, 0.83 / 0.88 at 192 px and 0.95 / 0.88 at 256 px, where a measured
+  set took 9-10 minutes at 192 px and 18-22 at 256 px on 2 CPU cores (Tiny/2: 36 latent tokens against 64);
 - on two smooth simulated sets the round trips lost nothing at 128 px, and at 256 px the same small model made
   worse images: adding them to the real images no longer helped on either, and on one tstr fell from 0.99 to
   0.74 of real-data accuracy.
@@ -55,9 +55,8 @@ def whole_size(largest, downsample):
 def size_candidates(largest, downsample, default=DEFAULT_SIZE):
     """Sizes worth comparing, ascending: [default] alone unless every image (longest side `largest`, None when
     unknown) would be enlarged to at least 1.5x; then whole_size, 3/4 of default (rounded to a multiple of
-    2 x downsample) when that lies between them, and default (e.g. 128 px images: [128, 192, 256]).
-    Sizes between whole_size and 3/4 of default are not offered: on a measured set 160 px kept the classes in the
-    round trips as well as 192 px did, yet its samples were not (bench/RESULTS.md, fourteenth session)."""
+    2 x downsample) when that lies between them, and default (e.g. 128 px images: [128, 192, 256]). No size
+    between whole_size and 3/4 of default: 160 px passed the round trips but failed the samples (module docstring)."""
     if largest is None or largest * 1.5 > default or whole_size(largest, downsample) >= default:
         return [default]
     own, step = whole_size(largest, downsample), 2 * downsample
@@ -67,8 +66,8 @@ def size_candidates(largest, downsample, default=DEFAULT_SIZE):
 
 def pick_size(accuracies, margin=LOSS_MARGIN):
     """{size: round-trip accuracy} -> the smallest size that loses at most `margin` against the largest."""
-    largest = max(accuracies)
-    return min(s for s, acc in accuracies.items() if acc >= accuracies[largest] - margin)
+    top = max(accuracies)
+    return min(s for s, acc in accuracies.items() if acc >= accuracies[top] - margin)
 
 
 def probe_folds(labels, seed):
