@@ -33,7 +33,7 @@ from pipeline.figure_trim import parse_trim
 from pipeline.images import load_for_tokenizer, split_indices, walk_classes
 from pipeline.plot import labelled_grid
 from pipeline.preprocess import decide_color, decide_value_range, display_names, hygiene_report, scan_files
-from pipeline.size_choice import choose_image_size, whole_size
+from pipeline.size_choice import choose_image_size, enlarged, whole_size
 from pipeline.latents import (DATASET_FILE, EXTRACTION_FILE, list_shards, load_latents, read_record, read_shard_info,
                               shard_path, write_record, write_shard)
 from pipeline.stats import channel_stats, format_recommendation, load_stats, psnr, recommend, ssim
@@ -134,11 +134,9 @@ def enlargement_warning(largest, size, downsample):
     128 px (the originals 0.87), and stage 3's images were better at 256 px; on smooth simulated ones, kept
     whole at 128 px already, they were worse at 256 px (bench/RESULTS.md, twelfth session). The price of twice
     the size: 4x the latent tokens (stage 2 about 4x slower, and harder for a small model)."""
-    if largest is None:
+    if not enlarged(largest, min(size), downsample):
         return None
     smaller = whole_size(largest, downsample)
-    if largest * 1.5 > min(size) or smaller >= min(size):
-        return None
     factor = (min(size) // smaller) ** 2
     return (f"every image is at most {largest} px and is enlarged to {size[0]}x{size[1]}: the tokenizer keeps more "
             f"of each image's detail, and stage 2 trains on {factor}x the latent tokens of --image_size {smaller} "

@@ -52,12 +52,18 @@ def whole_size(largest, downsample):
     return max(step, -(-largest // step) * step)
 
 
+def enlarged(largest, target, downsample):
+    """Whether every image (longest side `largest` px, None when unknown) is enlarged to at least 1.5x at `target`
+    px, with a smaller size (whole_size) that keeps them whole: when a size is worth choosing, or warning about."""
+    return largest is not None and largest * 1.5 <= target and whole_size(largest, downsample) < target
+
+
 def size_candidates(largest, downsample, default=DEFAULT_SIZE):
     """Sizes worth comparing, ascending: [default] alone unless every image (longest side `largest`, None when
     unknown) would be enlarged to at least 1.5x; then whole_size, 3/4 of default (rounded to a multiple of
     2 x downsample) when that lies between them, and default (e.g. 128 px images: [128, 192, 256]). No size
     between whole_size and 3/4 of default: 160 px passed the round trips but failed the samples (module docstring)."""
-    if largest is None or largest * 1.5 > default or whole_size(largest, downsample) >= default:
+    if not enlarged(largest, default, downsample):
         return [default]
     own, step = whole_size(largest, downsample), 2 * downsample
     middle = round(default * 3 / 4 / step) * step
